@@ -1,0 +1,148 @@
+"""The engine without I/O: render the lensed source, convolve, inject, reduce metrics.
+
+One interface, several backends. ``cpu`` runs Numba-compiled loops on this machine's cores;
+``gpu`` (CUDA kernels, CuPy FFT) plugs in behind the same ``Backend`` methods; ``auto`` picks
+the best backend that works here and says why.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import tasks as T
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """Tolerances of the adaptive pixel integration (``physics.integrate``), in units of the
+    source's unlensed flux F: eps_abs per pixel^2 of error density, eps_rel of a cell's own
+    value, eps_cusp for the most a cell at a cusp or the lens centre may hold unrefined.
+    The defaults meet SPEC section 6 (0.1 % in flux, 1 % of the peak pixel) over the manifest
+    ranges: see benchmarks/accuracy.py for the measurement."""
+    eps_abs: float = 1e-6
+    eps_rel: float = 1e-3
+    eps_cusp: float = 1e-7
+    max_level: int = 20
+
+
+DEFAULT_ACCURACY = Accuracy()
+
+
+@dataclass
+class ArcBatch:
+    """What ``render_arcs`` returns (SPEC section 7)."""
+    images: np.ndarray          # float32 [N, nbands, S, S], arc only, after the PSF
+    magnification: np.ndarray   # float64 [N]: lensed flux over the render grid / F
+    total_flux: np.ndarray      # float64 [N, nbands]: sum of images over the stamp
+
+
+class BackendUnavailable(RuntimeError):
+    """The asked-for backend cannot run here; the message says why in one line."""
+
+
+class CpuBackend:
+    name = "cpu"
+    xp = np
+
+    def __init__(self):
+        from .kernels import cpu, psf, reduce
+
+        self._cpu, self._psf, self.reduce = cpu, psf, reduce
+        import numba
+
+        self.device = f"CPU, {numba.get_num_threads()} Numba threads"
+        self.why = "asked for"
+
+    def render(self, params, origin, size, acc):
+        out = np.empty((params.shape[0], size, size))
+        self._cpu.render_batch(params, origin, size, acc.eps_abs, acc.eps_rel, acc.eps_cusp,
+                               acc.max_level, out)
+        return out
+
+    def convolve_crop(self, render, fwhm_px, stamp_size, margin, model, beta):
+        return self._psf.convolve_crop(render, fwhm_px, stamp_size, margin, model=model,
+                                       beta=beta, xp=np)
+
+
+def get_backend(name="auto"):
+    """The backend called ``name`` (cpu, gpu, auto), or BackendUnavailable saying why not."""
+    if name == "cpu":
+        return CpuBackend()
+    if name == "gpu":
+        raise BackendUnavailable("--backend gpu: no GPU backend in this build yet "
+                                 "(Numba CUDA kernels arrive with issue 5); use --backend cpu")
+    if name == "auto":
+        b = CpuBackend()
+        b.why = "auto: no GPU backend in this build yet, using the CPU"
+        return b
+    raise ValueError(f"backend = {name!r}: choose auto, cpu or gpu")
+
+
+def arcs_from_params(backend, params, flux, fwhm_px, origin_offset, stamp_size, psf_model,
+                     moffat_beta, acc=DEFAULT_ACCURACY):
+    """Arc images float64 [n, B, S, S] and magnification [n] from packed parameters.
+
+    flux: float64 [n, B] unlensed flux per band; fwhm_px [n, B] PSF FWHM in pixels (0: none);
+    origin_offset [n, 2]: lens centre minus (S//2, S//2), pixels. Stamps are grouped by their
+    render grid size, which depends only on each stamp's own PSF (so results do not depend on
+    what else is in the batch)."""
+    from .kernels.psf import render_size
+
+    n, nb = flux.shape
+    s = stamp_size
+    images = np.empty((n, nb, s, s))
+    magnification = np.empty(n)
+    grids = [render_size(s, float(f)) for f in fwhm_px.max(axis=1, initial=0.0)]
+    for size in sorted({g[0] for g in grids}):
+        idx = np.array([k for k, g in enumerate(grids) if g[0] == size])
+        margin = (size - s) // 2
+        origin = origin_offset[idx] + (margin + s // 2)
+        render = backend.render(np.ascontiguousarray(params[idx]), origin, size, acc)
+        magnification[idx] = render.sum(axis=(1, 2))
+        conv = backend.convolve_crop(render, fwhm_px[idx], s, margin, psf_model, moffat_beta)
+        images[idx] = conv * flux[idx][:, :, None, None]
+    return images, magnification
+
+
+def render_arcs(tasks, *, stamp_size, psf_fwhm, pixscale=0.262, bands="grz", lens_offset=None,
+                backend="auto", psf_model="gaussian", moffat_beta=3.5):
+    """Lensed arcs for N tasks (SPEC section 7): the engine without I/O.
+
+    tasks: pyarrow Table or mapping of manifest columns (section 4) -> 1-D arrays.
+    psf_fwhm: float [N, nbands] arcsec, 0 for no convolution. lens_offset: float [N, 2], the
+    lens centre minus (S//2, S//2) in pixels (x, y). CONTROL rows give empty arcs and a NaN
+    magnification. A bad row raises ValueError naming the row, the column and the range.
+    """
+    bands = list(bands.split(",") if "," in bands else bands)
+    if stamp_size < 16 or stamp_size % 2:
+        raise ValueError(f"stamp_size = {stamp_size}: must be an even integer >= 16")
+    if not (np.isfinite(pixscale) and pixscale > 0):
+        raise ValueError(f"pixscale = {pixscale}: must be > 0 (arcsec per pixel)")
+    if psf_model not in ("gaussian", "moffat"):
+        raise ValueError(f"psf_model = {psf_model!r}: choose gaussian or moffat")
+    if psf_model == "moffat" and not (np.isfinite(moffat_beta) and moffat_beta > 1):
+        raise ValueError(f"moffat_beta = {moffat_beta}: must be > 1")
+    cols = T.read_columns(tasks)
+    n = len(cols["lens_model"])
+    fwhm = np.asarray(psf_fwhm, dtype=np.float64)
+    if fwhm.shape != (n, len(bands)):
+        raise ValueError(f"psf_fwhm has shape {fwhm.shape}, expected ({n}, {len(bands)})")
+    bad_psf = np.flatnonzero(~np.isfinite(fwhm).all(axis=1) | (fwhm < 0).any(axis=1))
+    if bad_psf.size:
+        k = bad_psf[0]
+        raise ValueError(f"row {k}: psf_fwhm = {fwhm[k].tolist()} must be finite and >= 0")
+    offset = np.zeros((n, 2)) if lens_offset is None else np.asarray(lens_offset, np.float64)
+    if offset.shape != (n, 2) or not np.isfinite(offset).all():
+        raise ValueError(f"lens_offset must be finite with shape ({n}, 2), got {offset.shape}")
+    errors = T.row_errors(cols)
+    bad = [k for k, e in enumerate(errors) if e]
+    if bad:
+        more = f" (and {len(bad) - 1} more bad rows)" if len(bad) > 1 else ""
+        raise ValueError(f"row {bad[0]}: {errors[bad[0]]}{more}")
+    be = get_backend(backend)
+    params, flux_r = T.pack_params(cols, pixscale)
+    flux = T.band_fluxes(cols, flux_r, bands)
+    images, mag = arcs_from_params(be, params, flux, fwhm / pixscale, offset, stamp_size,
+                                   psf_model, moffat_beta)
+    mag[cols["lens_model"] == "CONTROL"] = np.nan
+    return ArcBatch(images=images.astype(np.float32), magnification=mag,
+                    total_flux=images.sum(axis=(2, 3)))

@@ -1,0 +1,1 @@
+"""Compiled kernels: CPU (numba njit) loops, PSF convolution, metric reductions."""

@@ -1,0 +1,66 @@
+"""Compile the physics once per target from the same Python source.
+
+Each function of ``gpu_inject.physics`` is rebuilt from its own code object with a namespace
+in which its callees are the compiled versions for the target, then compiled with the target's
+decorator. The plain functions stay importable as the pure-Python reference.
+"""
+import hashlib
+import math
+import os
+import types
+from pathlib import Path
+
+from ..physics import integrate, layout, lens, sersic
+
+# In call order: a function's callees come before it.
+PHYSICS = (
+    lens.atan_over_f, lens.atanh_over_f, lens.sie_deflection, lens.shear_deflection,
+    lens.ray_shoot,
+    sersic.sersic_bn, sersic.elliptical_radius, sersic.sersic_profile,
+    integrate.lensed_sample, integrate.may_hold_cusp, integrate.cell_rule,
+    integrate.sample_cell, integrate.refine_pixel,
+)
+
+
+def _constants():
+    ns = {"math": math}
+    for mod in (layout, lens, sersic, integrate):
+        ns.update({k: v for k, v in vars(mod).items()
+                   if k.isupper() and isinstance(v, (int, float))})
+    return ns
+
+
+def compile_physics(decorate):
+    """A namespace name -> compiled function, for ``decorate`` (e.g. numba.njit(...))."""
+    ns = _constants()
+    for fn in PHYSICS:
+        clone = types.FunctionType(fn.__code__, ns, fn.__name__)
+        clone.__qualname__ = fn.__qualname__
+        clone.__module__ = fn.__module__
+        clone.__doc__ = fn.__doc__
+        ns[fn.__name__] = decorate(clone)
+    return types.SimpleNamespace(**{fn.__name__: ns[fn.__name__] for fn in PHYSICS})
+
+
+def source_hash():
+    """Hash of the package's Python sources: numba's cache only watches the file of the
+    kernel it caches, not the physics it inlines, so the cache directory is keyed by this."""
+    h = hashlib.sha256()
+    root = Path(__file__).resolve().parents[1]
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def configure_numba_cache():
+    """Point numba's on-disk cache at a directory keyed by the source hash (unless the user
+    chose NUMBA_CACHE_DIR)."""
+    import numba
+
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return numba.config.CACHE_DIR
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    path = base / "gpu_inject" / f"numba-{source_hash()}"
+    numba.config.CACHE_DIR = str(path)
+    return str(path)

@@ -1,0 +1,69 @@
+"""Lens deflections: singular isothermal ellipsoid and external shear (SPEC section 2).
+
+Plain functions of floats using only ``math``: no defaults, no keyword calls, no numpy, so
+that ``kernels/_jit.py`` can compile the very same code objects for the CPU (``numba.njit``)
+and as CUDA device functions. Every length is in one unit (the engine uses pixels); the
+formulas are homogeneous, so the unit does not matter.
+"""
+import math
+
+# Below this |1 - q^2|^(1/2) the closed forms lose digits to cancellation (f in the
+# denominator); the series in f is then used instead. With f < 1e-3 the next omitted term is
+# f^6 t^6 / 7 < 1e-18 t^6, and |t| <= 1/q stays O(1) in that regime.
+SIE_SERIES_F = 1e-3
+
+
+def atan_over_f(t, f):
+    """arctan(f t) / f, continuous through f -> 0 (limit t)."""
+    if f < SIE_SERIES_F:
+        ft2 = (f * t) * (f * t)
+        return t * (1.0 - ft2 / 3.0 + ft2 * ft2 / 5.0)
+    return math.atan(f * t) / f
+
+
+def atanh_over_f(t, f):
+    """arctanh(f t) / f, continuous through f -> 0 (limit t). Needs |f t| < 1."""
+    if f < SIE_SERIES_F:
+        ft2 = (f * t) * (f * t)
+        return t * (1.0 + ft2 / 3.0 + ft2 * ft2 / 5.0)
+    return math.atanh(f * t) / f
+
+
+def sie_deflection(x, y, theta_e, q, cos_phi, sin_phi):
+    """Deflection of an SIE centred on the origin, major axis at angle phi from +x.
+
+    Kormann, Schneider & Bartelmann (1994, A&A 284, 285), eqs. (26a,b) with core 0, in the
+    "product average" normalisation of lenstronomy's SIE: kappa = theta_E / (2 sqrt(q x'^2 +
+    y'^2/q)), which is Keeton's (2001, astro-ph/0102341, eq. 35) form with b = theta_E sqrt(q).
+    In the frame rotated to the major axis, psi = sqrt(q^2 x'^2 + y'^2), f = sqrt(1 - q^2):
+        alpha_x' = theta_E sqrt(q) / f * arctan(f x' / psi)
+        alpha_y' = theta_E sqrt(q) / f * arctanh(f y' / psi)
+    q = 1 gives the SIS alpha = theta_E (x, y) / r. At the centre itself the deflection is
+    undefined (a direction with no limit); 0 is returned there.
+    """
+    xp = cos_phi * x + sin_phi * y
+    yp = -sin_phi * x + cos_phi * y
+    psi = math.sqrt(q * q * xp * xp + yp * yp)
+    if psi == 0.0:
+        return 0.0, 0.0
+    f = math.sqrt(max(1.0 - q * q, 0.0))
+    b = theta_e * math.sqrt(q)
+    axp = b * atan_over_f(xp / psi, f)
+    ayp = b * atanh_over_f(yp / psi, f)
+    return cos_phi * axp - sin_phi * ayp, sin_phi * axp + cos_phi * ayp
+
+
+def shear_deflection(x, y, g1, g2):
+    """External shear about the lens centre: alpha = (g1 x + g2 y, g2 x - g1 y).
+
+    The deflection of the potential psi = (g1 (x^2 - y^2) + 2 g2 x y) / 2 (e.g. Keeton 2001,
+    eq. 15), with g1 = gamma cos(2 phi), g2 = gamma sin(2 phi): lenstronomy's SHEAR.
+    """
+    return g1 * x + g2 * y, g2 * x - g1 * y
+
+
+def ray_shoot(x, y, theta_e, q, cos_phi, sin_phi, g1, g2):
+    """Source-plane position beta = theta - alpha(theta) of image-plane point (x, y)."""
+    ax, ay = sie_deflection(x, y, theta_e, q, cos_phi, sin_phi)
+    sx, sy = shear_deflection(x, y, g1, g2)
+    return x - ax - sx, y - ay - sy
