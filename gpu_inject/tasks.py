@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from .physics import layout as L
-from .physics.sersic import sersic_bn, sersic_ie_for_unit_flux
+from .physics.sersic import sersic_bn, sersic_ie_for_unit_flux, sersic_radius_below
 
 LENS_MODELS = ("SIS", "SIE", "CONTROL")
 
@@ -124,6 +124,10 @@ def pack_params(cols, pixscale):
     p[:, L.P_SRC_BN] = bn
     p[:, L.P_SRC_IE] = np.where(inj, ie, 0.0)
     p[:, L.P_SRC_I0] = p[:, L.P_SRC_IE] * np.exp(bn)
+    p[:, L.P_LENS_B] = p[:, L.P_THETA_E] * np.sqrt(lens_q)
+    p[:, L.P_LENS_F] = np.sqrt(1.0 - lens_q * lens_q)
+    rcut = np.array([sersic_radius_below(L.FAINT, *a) for a in zip(reff, n_sersic, bn, ie)])
+    p[:, L.P_SRC_R2CUT] = np.where(inj, rcut * rcut, -1.0)
     flux_r = np.where(inj, g["lens_flux_r"] * 10.0 ** (-0.4 * g["src_dmag"]), 0.0)
     return p, flux_r
 

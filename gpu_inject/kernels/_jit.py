@@ -14,11 +14,12 @@ from ..physics import integrate, layout, lens, sersic
 
 # In call order: a function's callees come before it.
 PHYSICS = (
-    lens.atan_over_f, lens.atanh_over_f, lens.sie_deflection, lens.shear_deflection,
-    lens.ray_shoot,
-    sersic.sersic_bn, sersic.elliptical_radius, sersic.sersic_profile,
-    integrate.lensed_sample, integrate.may_hold_cusp, integrate.cell_rule,
-    integrate.sample_cell, integrate.refine_pixel,
+    lens.atan_over_f, lens.atanh_over_f, lens.sie_deflection_bf, lens.sie_deflection,
+    lens.shear_deflection, lens.ray_shoot,
+    sersic.sersic_bn, sersic.elliptical_radius2, sersic.elliptical_radius,
+    sersic.sersic_profile_r2, sersic.sersic_profile,
+    integrate.lensed_sample, integrate.must_split, integrate.s5,
+    integrate.gate, integrate.node, integrate.refine_pixel,
 )
 
 

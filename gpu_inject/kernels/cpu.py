@@ -10,21 +10,21 @@ import numpy as np
 from ._jit import compile_physics, configure_numba_cache
 
 configure_numba_cache()
-J = compile_physics(numba.njit(inline="always", error_model="numpy"))
+J = compile_physics(numba.njit(error_model="numpy"))
 lensed_sample = J.lensed_sample
-may_hold_cusp = J.may_hold_cusp
-cell_rule = J.cell_rule
+must_split = J.must_split
+gate = J.gate
 refine_pixel = J.refine_pixel
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy")
-def render_batch(params, origin, size, eps_abs, eps_rel, eps_cusp, max_level, out):
+def render_batch(params, origin, size, eps_gate, eps_abs, eps_rel, eps_cusp, max_level, out):
     """Pixel integrals of the lensed source for each stamp, at unit source flux.
 
     params: float64 [n, NPARAM] (``physics.layout``); origin: float64 [n, 2], the lens centre
     in render-grid pixel coordinates (x, y); out: float64 [n, size, size]. Pixel (i, j) is the
     unit square centred on x = i, y = j. The 4 corners and the centre of every pixel come from
-    two grids shared between neighbours; refine_pixel is called only where the rule asks.
+    two grids shared between neighbours; refine_pixel walks only the pixels the gate refuses.
     """
     n = params.shape[0]
     for k in numba.prange(n):
@@ -45,12 +45,13 @@ def render_batch(params, origin, size, eps_abs, eps_rel, eps_cusp, max_level, ou
             for i in range(size):
                 x0 = i - 0.5 - ox
                 fc, uc, vc = lensed_sample(x0 + 0.5, y0 + 0.5, p)
-                near = may_hold_cusp(uc, vc, ucor[j, i], vcor[j, i], ucor[j, i + 1],
-                                     vcor[j, i + 1], ucor[j + 1, i], vcor[j + 1, i],
-                                     ucor[j + 1, i + 1], vcor[j + 1, i + 1], p)
-                s, refine = cell_rule(x0, y0, 1.0, fcor[j, i], fcor[j, i + 1], fcor[j + 1, i],
-                                      fcor[j + 1, i + 1], fc, near, p, eps_abs, eps_rel,
-                                      eps_cusp)
-                if refine and max_level > 0:
+                s, ok = gate(fcor[j, i], fcor[j, i + 1], fcor[j + 1, i], fcor[j + 1, i + 1],
+                             fc, eps_gate)
+                if ok:
+                    ok = not must_split(x0, y0, 1.0, uc, vc, ucor[j, i], vcor[j, i],
+                                        ucor[j, i + 1], vcor[j, i + 1], ucor[j + 1, i],
+                                        vcor[j + 1, i], ucor[j + 1, i + 1],
+                                        vcor[j + 1, i + 1], p, eps_cusp)
+                if not ok:
                     s = refine_pixel(x0, y0, p, eps_abs, eps_rel, eps_cusp, max_level)
                 out[k, j, i] = s

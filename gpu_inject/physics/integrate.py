@@ -4,47 +4,64 @@ Each pixel's value is the integral of I(beta(theta)) over the unit square of the
 units of the source's unlensed total flux (the engine renders at unit flux and scales per
 band afterwards). Lengths are pixels, model coordinates centred on the lens.
 
-The rule for a square cell of side h with corner values f00..f11 and centre value fc:
-midpoint M = fc, trapezoid T = mean(corners); S = h^2 (2M + T) / 3 is exact for cubics (the
-2-D Simpson weight on the centre), and h^2 |M - T| overestimates the error of S for smooth
-integrands by a large factor (it is ~3x the midpoint error, itself ~h^2 f''). A cell is
-refined into 4 when
-  - h^2 |M - T| > eps_abs h^2 + eps_rel |S| (the integrand still varies), or
-  - its source-plane image may hold the Sersic centre (for n > 1/2 the profile is a cusp
-    between samples that M and T can both miss) and h^2 I(0) > eps_cusp, or
-  - it holds the lens centre (the deflection has no limit there) and h^2 I(0) > eps_cusp.
-The last two make the worst case of an accepted cell bounded by eps_cusp, whatever the
-samples say. The root cell of each pixel takes its 5 samples from grids shared with its
-neighbours (2 evaluations per pixel where nothing varies); refinement walks the quadtree of
-the pixel depth first without a stack (level, ix, iy only), so that the same code runs as a
-CUDA device function.
+Rule. On a square cell of side h with corner values f00..f11 and centre value fc, midpoint
+M = fc and trapezoid T = mean(corners) have errors -h^2 lap(f)/24 and +h^2 lap(f)/12, so
+S5 = h^2 (2M + T) / 3 cancels the h^2 term (exact for cubics).
+
+Adaptivity, per pixel:
+  1. Gate: with the 5 samples of the pixel itself (shared with its neighbours: 2 evaluations
+     per pixel), accept S5 when h^2 |M - T| <= eps_gate and the pixel can hold neither the
+     Sersic centre nor the lens centre. This is where the source plane is empty or smooth
+     and faint; |M - T| bounds the S5 error there with a wide margin.
+  2. Otherwise walk the pixel's quadtree depth first. A node compares its own S5 with the
+     sum of its 4 children's S5 (13 samples, shared between the children); it is accepted,
+     with the children's sum as its value, when they differ by at most
+     eps_abs h^2 + eps_rel |sum|, else its children are visited.
+  3. Two places where samples can miss what matters are refined regardless of the test while
+     h^2 I(0) > eps_cusp (the most such a cell could hold): a cell holding the lens centre
+     (the deflection has no limit there), and a cell whose source-plane image may contain
+     the source centre, until that image is small next to R_e (a compact or demagnified
+     image can fall between samples) and, for n > 1, all the way down (the profile is a
+     cusp narrower than any sample spacing).
+The walk keeps only (level, ix, iy), children in Morton order, no stack and no recursion, so
+that the same code is a CUDA device function; the summation order is fixed (deterministic).
 """
 import math
 
-from .layout import (P_G1, P_G2, P_LENS_COS, P_LENS_Q, P_LENS_SIN, P_SRC_BN, P_SRC_COS,
-                     P_SRC_I0, P_SRC_IE, P_SRC_INV_N, P_SRC_Q, P_SRC_REFF, P_SRC_SIN,
-                     P_SRC_X, P_SRC_Y, P_THETA_E)
-from .lens import ray_shoot
-from .sersic import elliptical_radius, sersic_profile
+from .layout import (P_G1, P_G2, P_LENS_B, P_LENS_COS, P_LENS_F, P_LENS_SIN, P_SRC_BN,
+                     P_SRC_COS, P_SRC_I0, P_SRC_IE, P_SRC_INV_N, P_SRC_Q, P_SRC_R2CUT,
+                     P_SRC_REFF, P_SRC_SIN, P_SRC_X, P_SRC_Y)
+from .lens import shear_deflection, sie_deflection_bf
+from .sersic import elliptical_radius, elliptical_radius2, sersic_profile_r2
 
-# A cell whose source-plane footprint (max elliptical distance from its centre's image to its
-# corners' images) times this factor reaches the source centre may hold the cusp. The factor
-# > 1 covers the curvature of the lens map across one cell.
+# A cell whose source-plane footprint (largest elliptical distance from its centre's image to
+# its corners' images, "reach") times CUSP_REACH reaches the source centre may hold it; > 1
+# covers the curvature of the lens map across one cell.
 CUSP_REACH = 2.0
+# Such a cell is split until its reach is below RESOLVE R_e, where the samples resolve the
+# profile (n <= 1), and for cusps (n > 1) until it could not hold eps_cusp at all.
+RESOLVE = 0.25
 
 
 def lensed_sample(x, y, p):
     """I(beta(x, y)) and the source-plane offset (u, v) of beta from the source centre."""
-    bx, by = ray_shoot(x, y, p[P_THETA_E], p[P_LENS_Q], p[P_LENS_COS], p[P_LENS_SIN],
-                       p[P_G1], p[P_G2])
-    u = bx - p[P_SRC_X]
-    v = by - p[P_SRC_Y]
-    r = elliptical_radius(u, v, p[P_SRC_Q], p[P_SRC_COS], p[P_SRC_SIN])
-    return sersic_profile(r, p[P_SRC_REFF], p[P_SRC_INV_N], p[P_SRC_BN], p[P_SRC_IE]), u, v
+    ax, ay = sie_deflection_bf(x, y, p[P_LENS_B], p[P_LENS_F], p[P_LENS_COS], p[P_LENS_SIN])
+    sx, sy = shear_deflection(x, y, p[P_G1], p[P_G2])
+    u = x - ax - sx - p[P_SRC_X]
+    v = y - ay - sy - p[P_SRC_Y]
+    r2 = elliptical_radius2(u, v, p[P_SRC_Q], p[P_SRC_COS], p[P_SRC_SIN])
+    if r2 > p[P_SRC_R2CUT]:
+        return 0.0, u, v
+    return sersic_profile_r2(r2, p[P_SRC_REFF], p[P_SRC_INV_N], p[P_SRC_BN], p[P_SRC_IE]), u, v
 
 
-def may_hold_cusp(uc, vc, u00, v00, u10, v10, u01, v01, u11, v11, p):
-    """True when the source centre may lie in the source-plane image of the cell."""
+def must_split(x0, y0, h, uc, vc, u00, v00, u10, v10, u01, v01, u11, v11, p, eps_cusp):
+    """Rule 3 from the source-plane offsets of a cell's centre and corners: the cell may hold
+    the lens centre or the source centre (see RESOLVE), and enough light to matter."""
+    if h * h * p[P_SRC_I0] <= eps_cusp:
+        return False
+    if x0 <= 0.0 <= x0 + h and y0 <= 0.0 <= y0 + h:
+        return True
     q = p[P_SRC_Q]
     c = p[P_SRC_COS]
     s = p[P_SRC_SIN]
@@ -52,49 +69,70 @@ def may_hold_cusp(uc, vc, u00, v00, u10, v10, u01, v01, u11, v11, p):
                     elliptical_radius(u10 - uc, v10 - vc, q, c, s)),
                 max(elliptical_radius(u01 - uc, v01 - vc, q, c, s),
                     elliptical_radius(u11 - uc, v11 - vc, q, c, s)))
-    return elliptical_radius(uc, vc, q, c, s) <= CUSP_REACH * reach
+    if elliptical_radius(uc, vc, q, c, s) > CUSP_REACH * reach:
+        return False
+    return p[P_SRC_INV_N] < 1.0 or reach > RESOLVE * p[P_SRC_REFF]
 
 
-def cell_rule(x0, y0, h, f00, f10, f01, f11, fc, near_cusp, p, eps_abs, eps_rel, eps_cusp):
-    """(S, refine) for the cell [x0, x0 + h] x [y0, y0 + h] from its 5 samples."""
-    area = h * h
+def s5(h, f00, f10, f01, f11, fc):
+    """h^2 (2 M + T) / 3."""
+    return h * h * (2.0 * fc + 0.25 * ((f00 + f10) + (f01 + f11))) / 3.0
+
+
+def gate(f00, f10, f01, f11, fc, eps_gate):
+    """Rule 1 on a unit pixel from its 5 shared samples: (S5, smooth enough); the caller
+    also asks must_split."""
     t = 0.25 * ((f00 + f10) + (f01 + f11))
-    s = area * (2.0 * fc + t) / 3.0
-    refine = area * abs(fc - t) > eps_abs * area + eps_rel * abs(s)
-    if not refine and area * p[P_SRC_I0] > eps_cusp:
-        holds_lens = x0 <= 0.0 and 0.0 <= x0 + h and y0 <= 0.0 and 0.0 <= y0 + h
-        refine = near_cusp or holds_lens
-    return s, refine
+    return s5(1.0, f00, f10, f01, f11, fc), abs(fc - t) <= eps_gate
 
 
-def sample_cell(x0, y0, h, p, eps_abs, eps_rel, eps_cusp):
-    """Evaluate the 5 samples of a cell and apply the rule: (S, refine)."""
+def node(x0, y0, h, p, eps_abs, eps_rel, eps_cusp):
+    """Rule 2 and 3 on one quadtree node: (sum of the children's S5, split further)."""
+    g = 0.5 * h
+    x1 = x0 + g
+    x2 = x0 + h
+    y1 = y0 + g
+    y2 = y0 + h
+    # 3 x 3 grid of the children's corners (f<row><col>) and the 4 children's centres
     f00, u00, v00 = lensed_sample(x0, y0, p)
-    f10, u10, v10 = lensed_sample(x0 + h, y0, p)
-    f01, u01, v01 = lensed_sample(x0, y0 + h, p)
-    f11, u11, v11 = lensed_sample(x0 + h, y0 + h, p)
-    fc, uc, vc = lensed_sample(x0 + 0.5 * h, y0 + 0.5 * h, p)
-    near = may_hold_cusp(uc, vc, u00, v00, u10, v10, u01, v01, u11, v11, p)
-    return cell_rule(x0, y0, h, f00, f10, f01, f11, fc, near, p, eps_abs, eps_rel, eps_cusp)
+    f02, u02, v02 = lensed_sample(x2, y0, p)
+    f20, u20, v20 = lensed_sample(x0, y2, p)
+    f22, u22, v22 = lensed_sample(x2, y2, p)
+    f11, u11, v11 = lensed_sample(x1, y1, p)
+    f01 = lensed_sample(x1, y0, p)[0]
+    f10 = lensed_sample(x0, y1, p)[0]
+    f12 = lensed_sample(x2, y1, p)[0]
+    f21 = lensed_sample(x1, y2, p)[0]
+    ca = lensed_sample(x0 + 0.5 * g, y0 + 0.5 * g, p)[0]
+    cb = lensed_sample(x1 + 0.5 * g, y0 + 0.5 * g, p)[0]
+    cc = lensed_sample(x0 + 0.5 * g, y1 + 0.5 * g, p)[0]
+    cd = lensed_sample(x1 + 0.5 * g, y1 + 0.5 * g, p)[0]
+    parent = s5(h, f00, f02, f20, f22, f11)
+    children = ((s5(g, f00, f01, f10, f11, ca) + s5(g, f01, f02, f11, f12, cb))
+                + (s5(g, f10, f11, f20, f21, cc) + s5(g, f11, f12, f21, f22, cd)))
+    split = abs(children - parent) > eps_abs * h * h + eps_rel * abs(children)
+    if not split:
+        split = must_split(x0, y0, h, u11, v11, u00, v00, u02, v02, u20, v20, u22, v22, p,
+                           eps_cusp)
+    return children, split
 
 
 def refine_pixel(x0, y0, p, eps_abs, eps_rel, eps_cusp, max_level):
-    """Integral over the unit pixel with lower corner (x0, y0) whose root cell asked for
-    refinement: depth-first over its quadtree, children in Morton order (deterministic)."""
+    """Integral over the unit pixel with lower corner (x0, y0), by the quadtree walk."""
     total = 0.0
-    level = 1
+    level = 0
     ix = 0
     iy = 0
-    while level > 0:
+    while True:
         h = math.ldexp(1.0, -level)
-        s, refine = sample_cell(x0 + ix * h, y0 + iy * h, h, p, eps_abs, eps_rel, eps_cusp)
-        if refine and level < max_level:
+        val, split = node(x0 + ix * h, y0 + iy * h, h, p, eps_abs, eps_rel, eps_cusp)
+        if split and level < max_level:
             level += 1
             ix *= 2
             iy *= 2
             continue
-        total += s
-        # next cell: the next sibling, or the parent's next sibling, ...
+        total += val
+        # next node: the next sibling, else the parent's next sibling, ...
         while level > 0:
             child = (ix & 1) | ((iy & 1) << 1)
             if child == 0:
@@ -110,4 +148,5 @@ def refine_pixel(x0, y0, p, eps_abs, eps_rel, eps_cusp, max_level):
             ix >>= 1
             iy >>= 1
             level -= 1
-    return total
+        if level == 0:
+            return total

@@ -19,4 +19,11 @@ P_SRC_INV_N = 12   # 1 / Sersic n
 P_SRC_BN = 13      # b_n
 P_SRC_IE = 14      # I_e for unit total flux
 P_SRC_I0 = 15      # I(0) = I_e exp(b_n), the profile's maximum
-NPARAM = 16
+P_LENS_B = 16      # theta_E sqrt(q): the SIE's b
+P_LENS_F = 17      # sqrt(1 - q^2)
+P_SRC_R2CUT = 18   # R^2 beyond which the profile is below FAINT and taken as 0
+NPARAM = 19
+
+# Surface brightness (unit source flux per pixel^2) below which the profile is taken as 0:
+# over a 200 x 200 render grid that drops at most 4e-6 of the source flux.
+FAINT = 1e-10

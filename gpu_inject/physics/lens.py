@@ -41,13 +41,18 @@ def sie_deflection(x, y, theta_e, q, cos_phi, sin_phi):
     q = 1 gives the SIS alpha = theta_E (x, y) / r. At the centre itself the deflection is
     undefined (a direction with no limit); 0 is returned there.
     """
+    return sie_deflection_bf(x, y, theta_e * math.sqrt(q), math.sqrt(max(1.0 - q * q, 0.0)),
+                             cos_phi, sin_phi)
+
+
+def sie_deflection_bf(x, y, b, f, cos_phi, sin_phi):
+    """sie_deflection with b = theta_E sqrt(q) and f = sqrt(1 - q^2) precomputed (the
+    engine's per-stamp constants)."""
     xp = cos_phi * x + sin_phi * y
     yp = -sin_phi * x + cos_phi * y
-    psi = math.sqrt(q * q * xp * xp + yp * yp)
+    psi = math.sqrt((1.0 - f * f) * xp * xp + yp * yp)
     if psi == 0.0:
         return 0.0, 0.0
-    f = math.sqrt(max(1.0 - q * q, 0.0))
-    b = theta_e * math.sqrt(q)
     axp = b * atan_over_f(xp / psi, f)
     ayp = b * atanh_over_f(yp / psi, f)
     return cos_phi * axp - sin_phi * ayp, sin_phi * axp + cos_phi * ayp

@@ -17,15 +17,33 @@ def sersic_ie_for_unit_flux(n, reff, bn):
     return math.exp(-log_f)
 
 
-def elliptical_radius(u, v, q, cos_phi, sin_phi):
-    """R = sqrt(q u'^2 + v'^2 / q) of offset (u, v), rotated by phi: circularised radius."""
+def elliptical_radius2(u, v, q, cos_phi, sin_phi):
+    """R^2 = q u'^2 + v'^2 / q of offset (u, v) rotated by phi: the circularised radius,
+    squared. The major axis lies along phi."""
     up = cos_phi * u + sin_phi * v
     vp = -sin_phi * u + cos_phi * v
-    return math.sqrt(q * up * up + vp * vp / q)
+    return q * up * up + vp * vp / q
+
+
+def elliptical_radius(u, v, q, cos_phi, sin_phi):
+    """R = sqrt(q u'^2 + v'^2 / q), the circularised radius (a norm on the plane)."""
+    return math.sqrt(elliptical_radius2(u, v, q, cos_phi, sin_phi))
+
+
+def sersic_profile_r2(r2, reff, inv_n, bn, ie):
+    """I(R) = I_e exp(-b_n [(R / R_e)^(1/n) - 1]) (Sersic 1968) from R^2 (saves a sqrt)."""
+    if r2 == 0.0:
+        return ie * math.exp(bn)
+    return ie * math.exp(bn - bn * math.exp(0.5 * inv_n * math.log(r2 / (reff * reff))))
 
 
 def sersic_profile(r, reff, inv_n, bn, ie):
     """I(R) = I_e exp(-b_n [(R / R_e)^(1/n) - 1]) (Sersic 1968)."""
-    if r == 0.0:
-        return ie * math.exp(bn)
-    return ie * math.exp(bn - bn * math.exp(inv_n * math.log(r / reff)))
+    return sersic_profile_r2(r * r, reff, inv_n, bn, ie)
+
+
+def sersic_radius_below(level, reff, n, bn, ie):
+    """The radius beyond which I(R) < level (0 when even I(0) < level)."""
+    if ie * math.exp(bn) <= level:
+        return 0.0
+    return reff * (1.0 + math.log(ie / level) / bn) ** n

@@ -1,0 +1,84 @@
+"""``gpu-inject``: the command line (click). Parses options, calls one library function each,
+reports; errors are one line and a non-zero exit, never a traceback for a user mistake."""
+import json
+import platform
+import sys
+
+import click
+
+from . import __version__
+
+
+class _Failure(click.ClickException):
+    """One-line error, exit status 1."""
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="gpu-inject")
+def main():
+    """Inject simulated strongly-lensed galaxies into DESI Legacy Surveys DR10 stamps."""
+
+
+@main.command()
+def info():
+    """Versions, backends and device."""
+    import numba
+    import numpy
+
+    from .engine import BackendUnavailable, get_backend
+
+    click.echo(f"gpu_inject {__version__}")
+    click.echo(f"python {platform.python_version()} on {platform.machine()}, "
+               f"numpy {numpy.__version__}, numba {numba.__version__}")
+    for name in ("cpu", "gpu"):
+        try:
+            be = get_backend(name)
+            click.echo(f"backend {name}: available ({be.device})")
+        except BackendUnavailable as exc:
+            click.echo(f"backend {name}: unavailable ({exc})")
+    auto = get_backend("auto")
+    click.echo(f"backend auto -> {auto.name} ({auto.why})")
+
+
+@main.command()
+@click.option("--backend", type=click.Choice(["cpu", "gpu", "all"]), default="cpu",
+              show_default=True, help="Backend(s) to time; 'all' times every available one.")
+@click.option("--stamps", type=click.IntRange(min=1), default=2048, show_default=True,
+              help="Stamps per timed batch.")
+@click.option("--stamp-size", type=click.IntRange(min=16), default=64, show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Timed repeats after the warm-up; the median is reported.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True),
+              help="Write the results (a list, one entry per backend) to this file.")
+def bench(backend, stamps, stamp_size, repeats, seed, json_path):
+    """Time the engine (render, PSF, inject, metrics) on random draws in memory."""
+    from .bench import run_bench
+    from .engine import BackendUnavailable
+
+    if stamp_size % 2:
+        raise _Failure(f"--stamp-size {stamp_size}: must be even")
+    names = ["cpu", "gpu"] if backend == "all" else [backend]
+    results = []
+    for name in names:
+        try:
+            res = run_bench(name, stamps=stamps, stamp_size=stamp_size, repeats=repeats,
+                            seed=seed)
+        except BackendUnavailable as exc:
+            if backend == "all":
+                click.echo(f"{name}: skipped ({exc})", err=True)
+                continue
+            raise _Failure(str(exc)) from None
+        results.append(res)
+        click.echo(f"{res['backend']:>4} [{res['device']}]: {res['stamps']} stamps "
+                   f"{res['stamp_size']}x{res['stamp_size']} {res['bands']} in "
+                   f"{res['seconds']:.3f} s (median of {repeats}) = "
+                   f"{res['stamps_per_s']:,.0f} stamps/s")
+    if json_path:
+        with open(json_path, "w") as fh:
+            json.dump(results, fh, indent=2)
+        click.echo(f"results written to {json_path}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
