@@ -41,6 +41,8 @@ CUSP_REACH = 2.0
 # Such a cell is split until its reach is below RESOLVE R_e, where the samples resolve the
 # profile (n <= 1), and for cusps (n > 1) until it could not hold eps_cusp at all.
 RESOLVE = 0.25
+# The most (in units of the source flux) that a node may hold and still be split.
+FLOOR = 1e-6
 
 
 def lensed_sample(x, y, p):
@@ -110,6 +112,11 @@ def node(x0, y0, h, p, eps_abs, eps_rel, eps_cusp):
     parent = s5(h, f00, f02, f20, f22, f11)
     children = ((s5(g, f00, f01, f10, f11, ca) + s5(g, f01, f02, f11, f12, cb))
                 + (s5(g, f10, f11, f20, f21, cc) + s5(g, f11, f12, f21, f22, cd)))
+    # A node that could not hold FLOOR of the flux even at the profile's peak is done: near a
+    # cusp or the lens centre the difference shrinks no faster than h^2, so the test above
+    # alone would descend to max_level there.
+    if h * h * p[P_SRC_I0] <= FLOOR:
+        return children, False
     split = abs(children - parent) > eps_abs * h * h + eps_rel * abs(children)
     if not split:
         split = must_split(x0, y0, h, u11, v11, u00, v00, u02, v02, u20, v20, u22, v22, p,
