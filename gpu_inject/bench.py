@@ -34,16 +34,16 @@ def process_batch(backend, cols, psf_fwhm_arcsec, cutout, invvar, maskbits, *, p
     params, flux_r = T.pack_params(cols, pixscale)
     flux = T.band_fluxes(cols, flux_r, bands)
     s = cutout.shape[-1]
-    arcs, mag = engine.arcs_from_params(backend, params, flux, psf_fwhm_arcsec / pixscale,
-                                        lens_offset, s, psf_model, moffat_beta)
-    arcs32 = arcs.astype(np.float32)
+    arcs32, mag, total = engine.arcs_from_params(backend, params, flux,
+                                                 psf_fwhm_arcsec / pixscale, lens_offset, s,
+                                                 psf_model, moffat_beta)
     red = backend.reduce
     r = bands.index("r")
     bad, wise = red.mask_fractions(maskbits, invvar)
     return {
         "image": red.inject(cutout, arcs32),
         "magnification": mag,
-        "total_injected_flux": arcs.sum(axis=(2, 3)),
+        "total_injected_flux": total,
         "arc_snr": red.arc_snr(arcs32[:, r], invvar[:, r]),
         "arc_snr_opt": red.arc_snr_opt(arcs32, invvar),
         "bad_pixel_frac": bad,
