@@ -95,26 +95,26 @@ def _npix(shape):
     return int(np.prod(shape, dtype=np.int64))
 
 
+def _per_stamp(kernel, arc, invvar):
+    """float64 [n] from a per-stamp reduction of two arrays of the same shape."""
+    if invvar.shape != arc.shape:
+        raise ValueError(f"shapes differ: arc {arc.shape}, invvar {invvar.shape}")
+    n = arc.shape[0]
+    out = np.empty(n, dtype=np.float64)
+    kernel(_flat(arc, n), _flat(invvar, n), out)
+    return out
+
+
 def arc_snr(arc_r, invvar_r):
     """SPEC 5 ``arc_snr`` per stamp: over pixels A with invvar > 0 and arc sqrt(invvar) > 1,
     ``sum_A arc / sqrt(sum_A 1/invvar)``; 0 when A is empty. arc_r, invvar_r: [n, S, S]."""
-    n = arc_r.shape[0]
-    if invvar_r.shape != arc_r.shape:
-        raise ValueError(f"shapes differ: arc {arc_r.shape}, invvar {invvar_r.shape}")
-    out = np.empty(n, dtype=np.float64)
-    _arc_snr(_flat(arc_r, n), _flat(invvar_r, n), out)
-    return out
+    return _per_stamp(_arc_snr, arc_r, invvar_r)
 
 
 def arc_snr_opt(arc, invvar):
     """SPEC 5 ``arc_snr_opt`` per stamp: ``sqrt(sum_b sum_p arc^2 invvar)`` over pixels with
     invvar > 0. arc, invvar: [n, B, S, S]."""
-    n = arc.shape[0]
-    if invvar.shape != arc.shape:
-        raise ValueError(f"shapes differ: arc {arc.shape}, invvar {invvar.shape}")
-    out = np.empty(n, dtype=np.float64)
-    _arc_snr_opt(_flat(arc, n), _flat(invvar, n), out)
-    return out
+    return _per_stamp(_arc_snr_opt, arc, invvar)
 
 
 def mask_fractions(maskbits, invvar):
