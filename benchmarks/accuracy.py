@@ -12,7 +12,7 @@ centre). Each stamp gets a random sub-pixel lens offset.
 For each draw, against ``reference.reference_image`` (benchmarks/reference.py: lenstronomy's
 ray shooting, a numpy Sersic with our b_n, adaptive Gauss-Legendre cubature to 1e-10 of the
 flux per cell; run in a process pool):
-  * ours: ``cpu.render_batch`` with ``engine.DEFAULT_ACCURACY``, render grid = stamp, lens at
+  * ours: the CPU backend's render with ``engine.DEFAULT_ACCURACY``, render grid = stamp, lens at
     S//2 + offset;
   * lenstronomy: ImageModel with supersampling_factor = 4, no PSF, the way its users render.
     lenstronomy's Sersic has the linear b_n = 1.9992 n - 0.3271; rather than a second reference
@@ -28,7 +28,6 @@ Numba threads, after a warm-up) and lenstronomy's (one process).
 """
 import argparse
 import dataclasses
-import inspect
 import json
 import math
 import multiprocessing as mp
@@ -43,7 +42,7 @@ import reference  # noqa: E402
 
 from gpu_inject import tasks as T  # noqa: E402
 from gpu_inject.draws import random_tasks  # noqa: E402
-from gpu_inject.engine import DEFAULT_ACCURACY  # noqa: E402
+from gpu_inject.engine import DEFAULT_ACCURACY, get_backend  # noqa: E402
 from gpu_inject.physics.sersic import sersic_bn, sersic_ie_for_unit_flux  # noqa: E402
 
 FLUX_TOL = 1e-3
@@ -115,15 +114,8 @@ def build_draws(n, seed, corners=True):
 # ---------------------------------------------------------------- the three methods
 
 def render_pre_psf(params, origin, size, acc=DEFAULT_ACCURACY):
-    """cpu.render_batch with the tolerances of ``acc`` passed by name (the kernel's signature
-    names them; the set of fields is being tuned)."""
-    from gpu_inject.kernels import cpu
-
-    names = inspect.signature(cpu.render_batch.py_func).parameters
-    out = np.empty((params.shape[0], size, size))
-    given = {"params": params, "origin": origin, "size": size, "out": out}
-    cpu.render_batch(*[given[a] if a in given else getattr(acc, a) for a in names])
-    return out
+    """The CPU backend's pre-PSF render (unit source flux) with tolerances ``acc``."""
+    return get_backend("cpu").render(params, origin, size, acc)
 
 
 def lenstronomy_pre_psf(row, size, offset, ss=4):

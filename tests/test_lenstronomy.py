@@ -15,7 +15,6 @@ brightness over sub-pixels times pixel_width^2) are fluxes per pixel, like ours.
 lenstronomy also floors R at 1e-4 arcsec (numerical smoothing), so the profile test stays
 away from the very centre.
 """
-import inspect
 import math
 
 import numpy as np
@@ -33,7 +32,7 @@ from scipy.special import gammaincinv  # noqa: E402
 import gpu_inject  # noqa: E402
 from gpu_inject import tasks as T  # noqa: E402
 from gpu_inject.draws import random_tasks  # noqa: E402
-from gpu_inject.engine import DEFAULT_ACCURACY  # noqa: E402
+from gpu_inject.engine import DEFAULT_ACCURACY, get_backend  # noqa: E402
 from gpu_inject.kernels import cpu  # noqa: E402
 from gpu_inject.physics import layout as L  # noqa: E402
 from gpu_inject.physics import integrate, lens, sersic  # noqa: E402
@@ -263,13 +262,8 @@ def lenstronomy_image(tasks, k, size, origin, ss, fwhm=None, bn_ours=False):
 
 
 def render_pre_psf(params, origin, size, acc=DEFAULT_ACCURACY):
-    """cpu.render_batch with the tolerances of ``acc`` passed by name (the set of tolerance
-    fields is still being tuned: the kernel's signature names them)."""
-    names = inspect.signature(cpu.render_batch.py_func).parameters
-    out = np.empty((params.shape[0], size, size))
-    given = {"params": params, "origin": origin, "size": size, "out": out}
-    cpu.render_batch(*[given[a] if a in given else getattr(acc, a) for a in names])
-    return out
+    """The CPU backend's pre-PSF render (unit source flux) with tolerances ``acc``."""
+    return get_backend("cpu").render(params, origin, size, acc)
 
 
 def smooth_cases():
