@@ -19,7 +19,8 @@ PHYSICS = (
     sersic.sersic_bn, sersic.elliptical_radius2, sersic.elliptical_radius,
     sersic.sersic_profile_r2, sersic.sersic_profile,
     integrate.lensed_sample, integrate.must_split, integrate.s5,
-    integrate.gate, integrate.node, integrate.refine_pixel,
+    integrate.gate, integrate.mem_put, integrate.mem_get, integrate.node,
+    integrate.refine_pixel,
 )
 
 

@@ -41,6 +41,8 @@ CUSP_REACH = 2.0
 # Such a cell is split until its reach is below RESOLVE R_e, where the samples resolve the
 # profile (n <= 1), and for cusps (n > 1) until it could not hold eps_cusp at all.
 RESOLVE = 0.25
+# Samples of one node (3 x 3 children's corners, 4 children's centres), as stored in ``mem``.
+NODE_SAMPLES = 13
 # The most (in units of the source flux) that a node may hold and still be split.
 FLOOR = 1e-6
 
@@ -88,27 +90,50 @@ def gate(f00, f10, f01, f11, fc, eps_gate):
     return s5(1.0, f00, f10, f01, f11, fc), abs(fc - t) <= eps_gate
 
 
-def node(x0, y0, h, p, eps_abs, eps_rel, eps_cusp):
-    """Rule 2 and 3 on one quadtree node: (sum of the children's S5, split further)."""
+def mem_put(mem, k, f, u, v):
+    """Store sample k (f, u, v) of a node in ``mem`` (float64[3 * NODE_SAMPLES])."""
+    mem[3 * k] = f
+    mem[3 * k + 1] = u
+    mem[3 * k + 2] = v
+
+
+def mem_get(mem, k):
+    return mem[3 * k], mem[3 * k + 1], mem[3 * k + 2]
+
+
+def node(x0, y0, h, p, eps_abs, eps_rel, eps_cusp, mem, known, cx, cy):
+    """Rules 2 and 3 on one quadtree node: (sum of the children's S5, split further).
+
+    Its 13 samples: the 3 x 3 grid of its children's corners (f<row><col>, sample 3 row +
+    col in ``mem``) and its 4 children's centres (samples 9 + Morton index). When ``known``,
+    ``mem`` holds those of its parent, and this node is the parent's child (cx, cy): its
+    corners and centre are read from there, 8 samples are new. A node that splits leaves its
+    own 13 in ``mem`` for its children."""
     g = 0.5 * h
     x1 = x0 + g
     x2 = x0 + h
     y1 = y0 + g
     y2 = y0 + h
-    # 3 x 3 grid of the children's corners (f<row><col>) and the 4 children's centres
-    f00, u00, v00 = lensed_sample(x0, y0, p)
-    f02, u02, v02 = lensed_sample(x2, y0, p)
-    f20, u20, v20 = lensed_sample(x0, y2, p)
-    f22, u22, v22 = lensed_sample(x2, y2, p)
-    f11, u11, v11 = lensed_sample(x1, y1, p)
-    f01 = lensed_sample(x1, y0, p)[0]
-    f10 = lensed_sample(x0, y1, p)[0]
-    f12 = lensed_sample(x2, y1, p)[0]
-    f21 = lensed_sample(x1, y2, p)[0]
-    ca = lensed_sample(x0 + 0.5 * g, y0 + 0.5 * g, p)[0]
-    cb = lensed_sample(x1 + 0.5 * g, y0 + 0.5 * g, p)[0]
-    cc = lensed_sample(x0 + 0.5 * g, y1 + 0.5 * g, p)[0]
-    cd = lensed_sample(x1 + 0.5 * g, y1 + 0.5 * g, p)[0]
+    if known:
+        f00, u00, v00 = mem_get(mem, 3 * cy + cx)
+        f02, u02, v02 = mem_get(mem, 3 * cy + cx + 1)
+        f20, u20, v20 = mem_get(mem, 3 * cy + cx + 3)
+        f22, u22, v22 = mem_get(mem, 3 * cy + cx + 4)
+        f11, u11, v11 = mem_get(mem, 9 + cx + 2 * cy)
+    else:
+        f00, u00, v00 = lensed_sample(x0, y0, p)
+        f02, u02, v02 = lensed_sample(x2, y0, p)
+        f20, u20, v20 = lensed_sample(x0, y2, p)
+        f22, u22, v22 = lensed_sample(x2, y2, p)
+        f11, u11, v11 = lensed_sample(x1, y1, p)
+    f01, u01, v01 = lensed_sample(x1, y0, p)
+    f10, u10, v10 = lensed_sample(x0, y1, p)
+    f12, u12, v12 = lensed_sample(x2, y1, p)
+    f21, u21, v21 = lensed_sample(x1, y2, p)
+    ca, uca, vca = lensed_sample(x0 + 0.5 * g, y0 + 0.5 * g, p)
+    cb, ucb, vcb = lensed_sample(x1 + 0.5 * g, y0 + 0.5 * g, p)
+    cc, ucc, vcc = lensed_sample(x0 + 0.5 * g, y1 + 0.5 * g, p)
+    cd, ucd, vcd = lensed_sample(x1 + 0.5 * g, y1 + 0.5 * g, p)
     parent = s5(h, f00, f02, f20, f22, f11)
     children = ((s5(g, f00, f01, f10, f11, ca) + s5(g, f01, f02, f11, f12, cb))
                 + (s5(g, f10, f11, f20, f21, cc) + s5(g, f11, f12, f21, f22, cd)))
@@ -121,24 +146,48 @@ def node(x0, y0, h, p, eps_abs, eps_rel, eps_cusp):
     if not split:
         split = must_split(x0, y0, h, u11, v11, u00, v00, u02, v02, u20, v20, u22, v22, p,
                            eps_cusp)
+    if split:
+        mem_put(mem, 0, f00, u00, v00)
+        mem_put(mem, 1, f01, u01, v01)
+        mem_put(mem, 2, f02, u02, v02)
+        mem_put(mem, 3, f10, u10, v10)
+        mem_put(mem, 4, f11, u11, v11)
+        mem_put(mem, 5, f12, u12, v12)
+        mem_put(mem, 6, f20, u20, v20)
+        mem_put(mem, 7, f21, u21, v21)
+        mem_put(mem, 8, f22, u22, v22)
+        mem_put(mem, 9, ca, uca, vca)
+        mem_put(mem, 10, cb, ucb, vcb)
+        mem_put(mem, 11, cc, ucc, vcc)
+        mem_put(mem, 12, cd, ucd, vcd)
     return children, split
 
 
-def refine_pixel(x0, y0, p, eps_abs, eps_rel, eps_cusp, max_level):
-    """Integral over the unit pixel with lower corner (x0, y0), by the quadtree walk."""
+def refine_pixel(x0, y0, p, eps_abs, eps_rel, eps_cusp, max_level, mem):
+    """Integral over the unit pixel with lower corner (x0, y0), by the quadtree walk.
+
+    ``mem``: float64[3 * NODE_SAMPLES] scratch (the loops own it: an array per thread on the
+    CPU, a local array on the GPU). A node reuses its parent's samples when ``mem`` still
+    holds them: always for a first child, for later ones when their elder siblings were
+    leaves (the common case near the bottom of the tree)."""
     total = 0.0
     level = 0
     ix = 0
     iy = 0
+    known = False
     while True:
         h = math.ldexp(1.0, -level)
-        val, split = node(x0 + ix * h, y0 + iy * h, h, p, eps_abs, eps_rel, eps_cusp)
+        val, split = node(x0 + ix * h, y0 + iy * h, h, p, eps_abs, eps_rel, eps_cusp, mem,
+                          known, ix & 1, iy & 1)
         if split and level < max_level:
             level += 1
             ix *= 2
             iy *= 2
+            known = True
             continue
         total += val
+        if split:
+            known = False  # it overwrote its parent's samples
         # next node: the next sibling, else the parent's next sibling, ...
         while level > 0:
             child = (ix & 1) | ((iy & 1) << 1)
@@ -155,5 +204,6 @@ def refine_pixel(x0, y0, p, eps_abs, eps_rel, eps_cusp, max_level):
             ix >>= 1
             iy >>= 1
             level -= 1
+            known = False  # mem holds a descendant's samples, not this parent's
         if level == 0:
             return total
