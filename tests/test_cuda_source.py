@@ -10,7 +10,7 @@ def test_physics_compiles_as_cuda_device_functions():
     from numba import float64, int64
 
     from gpu_inject.kernels._jit import compile_physics
-    from gpu_inject.physics.integrate import NODE_SAMPLES
+    from gpu_inject.physics.integrate import NODE_MEM
 
     dev = compile_physics(cuda.jit(device=True, inline=True))
     refine_pixel = dev.refine_pixel
@@ -18,7 +18,7 @@ def test_physics_compiles_as_cuda_device_functions():
 
     def kernel(params, out, eps_abs, eps_rel, eps_cusp, max_level):
         i = cuda.grid(1)
-        mem = cuda.local.array(3 * NODE_SAMPLES, float64)
+        mem = cuda.local.array(NODE_MEM, float64)
         if i < out.shape[0]:
             f, u, v = lensed_sample(0.25 * i, -0.5, params[i])
             out[i] = f + refine_pixel(-0.5 + i, -0.5, params[i], eps_abs, eps_rel, eps_cusp,

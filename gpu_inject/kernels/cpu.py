@@ -7,7 +7,7 @@ each stamp is computed by one thread from its own parameters only.
 import numba
 import numpy as np
 
-from ..physics.integrate import NODE_SAMPLES
+from ..physics.integrate import NODE_MEM
 from ._jit import compile_physics, configure_numba_cache
 
 configure_numba_cache()
@@ -35,7 +35,7 @@ def render_batch(params, origin, size, eps_gate, eps_abs, eps_rel, eps_cusp, max
         fcor = np.empty((size + 1, size + 1))
         ucor = np.empty((size + 1, size + 1))
         vcor = np.empty((size + 1, size + 1))
-        mem = np.empty(3 * NODE_SAMPLES)
+        mem = np.empty(NODE_MEM)
         for j in range(size + 1):
             for i in range(size + 1):
                 f, u, v = lensed_sample(i - 0.5 - ox, j - 0.5 - oy, p)

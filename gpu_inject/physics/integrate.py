@@ -43,6 +43,7 @@ CUSP_REACH = 2.0
 RESOLVE = 0.25
 # Samples of one node (3 x 3 children's corners, 4 children's centres), as stored in ``mem``.
 NODE_SAMPLES = 13
+NODE_MEM = 3 * NODE_SAMPLES  # float64 values of the scratch ``mem`` (f, u, v per sample)
 # The most (in units of the source flux) that a node may hold and still be split.
 FLOOR = 1e-6
 
@@ -91,7 +92,7 @@ def gate(f00, f10, f01, f11, fc, eps_gate):
 
 
 def mem_put(mem, k, f, u, v):
-    """Store sample k (f, u, v) of a node in ``mem`` (float64[3 * NODE_SAMPLES])."""
+    """Store sample k (f, u, v) of a node in ``mem`` (float64[NODE_MEM])."""
     mem[3 * k] = f
     mem[3 * k + 1] = u
     mem[3 * k + 2] = v
@@ -166,7 +167,7 @@ def node(x0, y0, h, p, eps_abs, eps_rel, eps_cusp, mem, known, cx, cy):
 def refine_pixel(x0, y0, p, eps_abs, eps_rel, eps_cusp, max_level, mem):
     """Integral over the unit pixel with lower corner (x0, y0), by the quadtree walk.
 
-    ``mem``: float64[3 * NODE_SAMPLES] scratch (the loops own it: an array per thread on the
+    ``mem``: float64[NODE_MEM] scratch (the loops own it: an array per thread on the
     CPU, a local array on the GPU). A node reuses its parent's samples when ``mem`` still
     holds them: always for a first child, for later ones when their elder siblings were
     leaves (the common case near the bottom of the tree)."""
