@@ -46,12 +46,14 @@ def info():
 @click.option("--stamps", type=click.IntRange(min=1), default=2048, show_default=True,
               help="Stamps per timed batch.")
 @click.option("--stamp-size", type=click.IntRange(min=16), default=64, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Stamps per engine batch (sets the memory used).")
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
               help="Timed repeats after the warm-up; the median is reported.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True),
               help="Write the results (a list, one entry per backend) to this file.")
-def bench(backend, stamps, stamp_size, repeats, seed, json_path):
+def bench(backend, stamps, stamp_size, batch_size, repeats, seed, json_path):
     """Time the engine (render, PSF, inject, metrics) on random draws in memory."""
     from .bench import run_bench
     from .engine import BackendUnavailable
@@ -63,7 +65,7 @@ def bench(backend, stamps, stamp_size, repeats, seed, json_path):
     for name in names:
         try:
             res = run_bench(name, stamps=stamps, stamp_size=stamp_size, repeats=repeats,
-                            seed=seed)
+                            seed=seed, batch_size=batch_size)
         except BackendUnavailable as exc:
             if backend == "all":
                 click.echo(f"{name}: skipped ({exc})", err=True)
@@ -73,7 +75,8 @@ def bench(backend, stamps, stamp_size, repeats, seed, json_path):
         click.echo(f"{res['backend']:>4} [{res['device']}]: {res['stamps']} stamps "
                    f"{res['stamp_size']}x{res['stamp_size']} {res['bands']} in "
                    f"{res['seconds']:.3f} s (median of {repeats}) = "
-                   f"{res['stamps_per_s']:,.0f} stamps/s")
+                   f"{res['stamps_per_s']:,.0f} stamps/s, peak RSS "
+                   f"{res['peak_rss_mib']:,.0f} MiB (batches of {batch_size})")
     if json_path:
         with open(json_path, "w") as fh:
             json.dump(results, fh, indent=2)
