@@ -14,15 +14,18 @@ Adaptivity, per pixel:
      Sersic centre nor the lens centre. This is where the source plane is empty or smooth
      and faint; |M - T| bounds the S5 error there with a wide margin.
   2. Otherwise walk the pixel's quadtree depth first. A node compares its own S5 with the
-     sum of its 4 children's S5 (13 samples, shared between the children); it is accepted,
-     with the children's sum as its value, when they differ by at most
-     eps_abs h^2 + eps_rel |sum|, else its children are visited.
+     sum of its 4 children's S5 (13 samples, shared between the children; 5 of them come
+     from its parent when a scratch still holds the parent's); it is accepted, with the
+     children's sum as its value, when they differ by at most eps_abs h^2 + eps_rel |sum|,
+     else its children are visited.
   3. Two places where samples can miss what matters are refined regardless of the test while
      h^2 I(0) > eps_cusp (the most such a cell could hold): a cell holding the lens centre
      (the deflection has no limit there), and a cell whose source-plane image may contain
      the source centre, until that image is small next to R_e (a compact or demagnified
      image can fall between samples) and, for n > 1, all the way down (the profile is a
      cusp narrower than any sample spacing).
+  4. A node that could not hold FLOOR of the flux even at the profile's peak is never split
+     (near a cusp or the lens centre the test of rule 2 shrinks only like h^2).
 The walk keeps only (level, ix, iy), children in Morton order, no stack and no recursion, so
 that the same code is a CUDA device function; the summation order is fixed (deterministic).
 """
@@ -44,7 +47,7 @@ RESOLVE = 0.25
 # Samples of one node (3 x 3 children's corners, 4 children's centres), as stored in ``mem``.
 NODE_SAMPLES = 13
 NODE_MEM = 3 * NODE_SAMPLES  # float64 values of the scratch ``mem`` (f, u, v per sample)
-# The most (in units of the source flux) that a node may hold and still be split.
+# Rule 4: a node with h^2 I(0) <= FLOOR (units of the source flux) is not split.
 FLOOR = 1e-6
 
 
@@ -138,10 +141,7 @@ def node(x0, y0, h, p, eps_abs, eps_rel, eps_cusp, mem, known, cx, cy):
     parent = s5(h, f00, f02, f20, f22, f11)
     children = ((s5(g, f00, f01, f10, f11, ca) + s5(g, f01, f02, f11, f12, cb))
                 + (s5(g, f10, f11, f20, f21, cc) + s5(g, f11, f12, f21, f22, cd)))
-    # A node that could not hold FLOOR of the flux even at the profile's peak is done: near a
-    # cusp or the lens centre the difference shrinks no faster than h^2, so the test above
-    # alone would descend to max_level there.
-    if h * h * p[P_SRC_I0] <= FLOOR:
+    if h * h * p[P_SRC_I0] <= FLOOR:  # rule 4
         return children, False
     split = abs(children - parent) > eps_abs * h * h + eps_rel * abs(children)
     if not split:
