@@ -1,0 +1,65 @@
+"""CUDA loops around the physics: the same functions as kernels/cpu.py, compiled as device
+functions by ``_jit.compile_physics``; only the loops differ (a thread per pixel).
+
+Issue 5 builds the GPU backend on these (streams, pinned buffers, CuPy FFT, reductions);
+for now they render, and the tests run them under Numba's CUDA simulator against the CPU.
+"""
+import numpy as np
+from numba import cuda, float64
+
+from ..physics.integrate import NODE_MEM
+from ._jit import compile_physics
+
+D = compile_physics(cuda.jit(device=True, inline=True))
+lensed_sample = D.lensed_sample
+gate = D.gate
+must_split = D.must_split
+refine_pixel = D.refine_pixel
+
+
+@cuda.jit
+def corner_grid(params, origin, size, fcor, ucor, vcor):
+    """Samples at the pixel corners of each stamp: [n, size + 1, size + 1] each."""
+    k, j, i = cuda.grid(3)
+    if k < params.shape[0] and j <= size and i <= size:
+        f, u, v = lensed_sample(i - 0.5 - origin[k, 0], j - 0.5 - origin[k, 1], params[k])
+        fcor[k, j, i] = f
+        ucor[k, j, i] = u
+        vcor[k, j, i] = v
+
+
+@cuda.jit
+def render_pixels(params, origin, size, fcor, ucor, vcor, eps_gate, eps_abs, eps_rel,
+                  eps_cusp, max_level, out):
+    """One thread per pixel: the gate from the shared corners, the quadtree where refused."""
+    k, j, i = cuda.grid(3)
+    if k < params.shape[0] and j < size and i < size:
+        p = params[k]
+        x0 = i - 0.5 - origin[k, 0]
+        y0 = j - 0.5 - origin[k, 1]
+        fc, uc, vc = lensed_sample(x0 + 0.5, y0 + 0.5, p)
+        s, ok = gate(fcor[k, j, i], fcor[k, j, i + 1], fcor[k, j + 1, i],
+                     fcor[k, j + 1, i + 1], fc, eps_gate)
+        if ok:
+            ok = not must_split(x0, y0, 1.0, uc, vc, ucor[k, j, i], vcor[k, j, i],
+                                ucor[k, j, i + 1], vcor[k, j, i + 1], ucor[k, j + 1, i],
+                                vcor[k, j + 1, i], ucor[k, j + 1, i + 1], vcor[k, j + 1, i + 1],
+                                p, eps_cusp)
+        if not ok:
+            mem = cuda.local.array(NODE_MEM, float64)
+            s = refine_pixel(x0, y0, p, eps_abs, eps_rel, eps_cusp, max_level, mem)
+        out[k, j, i] = s
+
+
+def render(params, origin, size, acc, threads=(1, 8, 8)):
+    """Pre-PSF renders [n, size, size] of float64 params [n, NPARAM] (host or device arrays)."""
+    n = params.shape[0]
+    d_params = cuda.to_device(np.ascontiguousarray(params))
+    d_origin = cuda.to_device(np.ascontiguousarray(origin, dtype=np.float64))
+    grid = [cuda.device_array((n, size + 1, size + 1)) for _ in range(3)]
+    out = cuda.device_array((n, size, size))
+    blocks = tuple((d + t - 1) // t for d, t in zip((n, size + 1, size + 1), threads))
+    corner_grid[blocks, threads](d_params, d_origin, size, *grid)
+    render_pixels[blocks, threads](d_params, d_origin, size, *grid, acc.eps_gate, acc.eps_abs,
+                                   acc.eps_rel, acc.eps_cusp, acc.max_level, out)
+    return out.copy_to_host()
