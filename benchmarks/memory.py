@@ -7,6 +7,7 @@ import argparse
 import json
 import subprocess
 import sys
+import time
 
 CONFIGS = [(512, 512), (2048, 512), (8192, 512), (2048, 128), (2048, 2048)]
 CHILD = ("import json, sys; from gpu_inject.bench import run_bench; "
@@ -19,16 +20,24 @@ def main(argv=None):
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
     rows = []
+    t0 = time.perf_counter()
+    # fill Numba's on-disk cache first, so that no measured process pays for compilation
+    subprocess.run([sys.executable, "-c", CHILD, "8", "8"], capture_output=True, check=False)
     print(f"{'stamps':>7} {'batch':>6} {'peak RSS MiB':>13} {'stamps/s':>9}")
     for stamps, batch in CONFIGS:
-        out = subprocess.run([sys.executable, "-c", CHILD, str(stamps), str(batch)],
-                             check=True, capture_output=True, text=True).stdout
-        r = json.loads(out.strip().splitlines()[-1])
+        proc = subprocess.run([sys.executable, "-c", CHILD, str(stamps), str(batch)],
+                              capture_output=True, text=True)
+        if proc.returncode:
+            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            sys.exit(f"stamps={stamps} batch={batch}: child failed: {tail}")
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
         rows.append(r)
         print(f"{stamps:>7} {batch:>6} {r['peak_rss_mib']:>13.0f} {r['stamps_per_s']:>9.0f}")
+    print(f"total {time.perf_counter() - t0:.0f} s")
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(rows, fh, indent=2)
+        print(f"results written to {a.json}")
 
 
 if __name__ == "__main__":

@@ -66,6 +66,11 @@ def run_bench(backend_name="cpu", stamps=2048, stamp_size=64, repeats=3, seed=0,
 
     The stamps go through in batches of ``batch_size``, each with its own cutouts, as the
     pipeline feeds the engine: peak memory follows the batch size, not the stamp count."""
+    for name, value in (("stamps", stamps), ("batch_size", batch_size), ("repeats", repeats)):
+        if int(value) != value or value < 1:
+            raise ValueError(f"{name} = {value}: must be an integer >= 1")
+    if stamp_size < 16 or stamp_size % 2:
+        raise ValueError(f"stamp_size = {stamp_size}: must be an even integer >= 16")
     be = engine.get_backend(backend_name)
     bands = list(BANDS)
     draws = random_tasks(stamps, seed)

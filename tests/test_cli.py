@@ -28,11 +28,15 @@ def test_bench_writes_the_spec_record(tmp_path):
                                                                                  "grz")
     assert rec["seconds"] > 0
     assert rec["stamps_per_s"] == pytest.approx(4 / rec["seconds"])
+    assert rec["batch_size"] == 1024 and rec["peak_rss_mib"] > 0
+    assert "peak RSS" in res.output
 
 
 @pytest.mark.parametrize("args,msg", [
     (["--backend", "gpu"], "--backend gpu"),
+    (["--stamp-size", "15"], "--stamp-size"),
     (["--stamp-size", "17"], "--stamp-size 17: must be even"),
+    (["--batch-size", "0"], "--batch-size"),
     (["--stamp-size", "8"], "--stamp-size"),
     (["--stamps", "0"], "--stamps"),
 ])
@@ -41,12 +45,16 @@ def test_bad_options_fail_in_one_line(args, msg):
     assert res.exit_code != 0
     assert msg in res.output
     assert "Traceback" not in res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+    assert len([ln for ln in res.output.splitlines() if ln.startswith("Error:")]) == 1
 
 
 def test_backend_all_skips_what_is_missing(tmp_path):
     path = tmp_path / "all.json"
     res = CliRunner().invoke(main, ["bench", "--backend", "all", *TINY, "--json", str(path)])
     assert res.exit_code == 0, res.output
+    assert "gpu: skipped" in res.output
+    assert "Traceback" not in res.output
     assert [r["backend"] for r in json.loads(path.read_text())] == ["cpu"]
 
 
@@ -55,3 +63,9 @@ def test_run_bench_counts_every_stamp_across_batches():
     assert (res["stamps"], res["batch_size"]) == (5, 2)
     assert res["stamps_per_s"] == pytest.approx(5 / res["seconds"])
     assert res["peak_rss_mib"] > 0
+
+
+@pytest.mark.parametrize("kw", [{"batch_size": 0}, {"stamps": 0}, {"stamp_size": 15}])
+def test_run_bench_rejects_bad_arguments(kw):
+    with pytest.raises(ValueError, match=next(iter(kw))):
+        run_bench("cpu", **{"stamps": 4, "stamp_size": 16, "repeats": 1, **kw})
