@@ -83,5 +83,63 @@ def bench(backend, stamps, stamp_size, batch_size, repeats, seed, json_path):
         click.echo(f"results written to {json_path}")
 
 
+def _read_targets(path):
+    """(ra, dec, brickname or None) rows from a Parquet or CSV file."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    try:
+        table = pacsv.read_csv(path) if str(path).endswith(".csv") else pq.read_table(path)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error here
+        raise _Failure(f"--targets {path}: cannot read ({exc.__class__.__name__}: "
+                       f"{str(exc).splitlines()[0]})") from None
+    missing = [c for c in ("ra", "dec") if c not in table.column_names]
+    if missing:
+        raise _Failure(f"--targets {path}: missing column(s) {', '.join(missing)}")
+    bricks = (table["brickname"].to_pylist() if "brickname" in table.column_names
+              else [None] * table.num_rows)
+    return list(zip(table["ra"].to_pylist(), table["dec"].to_pylist(), bricks))
+
+
+@main.command("mock-bricks")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
+              help="Root folder of the mock coadds.")
+@click.option("--brick", "bricks", multiple=True, default=("0489m442",), show_default=True,
+              help="DR10 brick name; repeat for several.")
+@click.option("--size", type=click.IntRange(min=16), default=3600, show_default=True,
+              help="Image side in pixels (DR10: 3600).")
+@click.option("--bands", default="grz", show_default=True)
+@click.option("--layout", type=click.Choice(["legacysurvey", "flat"]), default="legacysurvey",
+              show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--targets", type=click.Path(exists=True, dir_okay=False),
+              help="Parquet or CSV with ra, dec [, brickname]: LRG-like galaxies placed there.")
+@click.option("--missing-coverage", multiple=True, metavar="BAND:none|partial",
+              help="A band without coverage (psfsize 0 there), e.g. g:partial.")
+@click.option("--no-masks", is_flag=True, help="No bright-star, WISE or other masks.")
+def mock_bricks(out, bricks, size, bands, layout, seed, targets, missing_coverage, no_masks):
+    """Write DR10-format mock bricks (real fpack files) for demos and tests."""
+    from .mock import write_mock_brick
+
+    gaps = {}
+    for item in missing_coverage:
+        band, _, kind = item.partition(":")
+        if band not in bands.replace(",", "") or kind not in ("none", "partial"):
+            raise _Failure(f"--missing-coverage {item}: expected BAND:none|partial with BAND "
+                           f"in {bands}")
+        gaps[band] = kind
+    rows = _read_targets(targets) if targets else []
+    for k, brick in enumerate(bricks):
+        mine = [(ra, dec) for ra, dec, b in rows if b in (None, brick)]
+        try:
+            paths = write_mock_brick(out, brick, size=size, bands=bands, layout=layout,
+                                     seed=seed + k, targets=mine or None,
+                                     missing_band_coverage=gaps or None, masks=not no_masks)
+        except ValueError as exc:
+            raise _Failure(f"--brick {brick}: {exc}") from None
+        folder = next(iter(paths.values())).parent
+        click.echo(f"{brick}: {len(paths)} files, {len(mine)} targets -> {folder}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
