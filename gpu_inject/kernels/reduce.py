@@ -12,7 +12,7 @@ from ._jit import configure_numba_cache
 
 configure_numba_cache()  # same on-disk cache location as the other CPU kernels
 
-# DR10 maskbits (see /work/shared/DATA_MODEL.md, "Maskbits"): 1 BRIGHT, 2-4 SATUR_{G,R,Z},
+# DR10 maskbits (../shared/DATA_MODEL.md, "Maskbits"): 1 BRIGHT, 2-4 SATUR_{G,R,Z},
 # 5-7 ALLMASK_{G,R,Z}, 10 BAILOUT, 11 MEDIUM make a pixel bad; 8 WISEM1, 9 WISEM2 are the
 # WISE bright-star masks. Not bad: 0 NPRIMARY, 12 GALAXY, 13 CLUSTER, 14+ (DR10 i band,
 # SUB_BLOB).
