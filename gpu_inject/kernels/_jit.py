@@ -60,9 +60,19 @@ def configure_numba_cache():
     chose NUMBA_CACHE_DIR)."""
     import numba
 
+    import tempfile
+
     if os.environ.get("NUMBA_CACHE_DIR"):
         return numba.config.CACHE_DIR
+    name = f"gpu_inject/numba-{source_hash()}"
     base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    path = base / "gpu_inject" / f"numba-{source_hash()}"
-    numba.config.CACHE_DIR = str(path)
-    return str(path)
+    for root in (base, Path(tempfile.gettempdir())):  # e.g. a read-only HOME on an executor
+        path = root / name
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(path, os.W_OK):
+            numba.config.CACHE_DIR = str(path)
+            return str(path)
+    return numba.config.CACHE_DIR

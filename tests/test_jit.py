@@ -1,0 +1,29 @@
+"""Where Numba's on-disk cache goes: keyed by the source hash, never an unwritable place."""
+import tempfile
+from pathlib import Path
+
+import numba
+
+from gpu_inject.kernels import _jit
+
+
+def test_cache_dir_is_keyed_by_sources_and_falls_back_when_unwritable(monkeypatch, tmp_path):
+    before = numba.config.CACHE_DIR
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    try:
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+        got = Path(_jit.configure_numba_cache())
+        assert got == tmp_path / "gpu_inject" / f"numba-{_jit.source_hash()}"
+        blocked = tmp_path / "file"
+        blocked.write_text("not a folder")
+        monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
+        got = Path(_jit.configure_numba_cache())
+        assert got.parent.parent == Path(tempfile.gettempdir()) and got.is_dir()
+    finally:
+        numba.config.CACHE_DIR = before
+
+
+def test_source_hash_is_stable_and_covers_every_module():
+    h = _jit.source_hash()
+    assert len(h) == 16 and h == _jit.source_hash()
+    assert "integrate" in _jit.integrate.__name__  # the physics it guards is in the package
