@@ -44,11 +44,12 @@ def compile_physics(decorate):
     return types.SimpleNamespace(**{fn.__name__: ns[fn.__name__] for fn in PHYSICS})
 
 
-def source_hash():
-    """Hash of the package's Python sources: numba's cache only watches the file of the
-    kernel it caches, not the physics it inlines, so the cache directory is keyed by this."""
+def source_hash(root=None):
+    """Hash of the package's Python sources (or those under ``root``): numba's cache only
+    watches the file of the kernel it caches, not the physics it inlines, so the cache
+    directory is keyed by this."""
     h = hashlib.sha256()
-    root = Path(__file__).resolve().parents[1]
+    root = Path(root) if root else Path(__file__).resolve().parents[1]
     for path in sorted(root.rglob("*.py")):
         h.update(path.relative_to(root).as_posix().encode())
         h.update(path.read_bytes())
