@@ -46,8 +46,8 @@ def test_unlensed_gaussian_equals_exact_pixel_integrals(reff, dx, dy):
     want = pixel_gaussian(s, sigma, s // 2 + dx, s // 2 + dy)
     got = out.images[0, 0].astype(np.float64)
     assert np.abs(got - want).max() < 1e-3 * want.max()
-    # SPEC 6: 0.1 % of the flux; measured 2e-5 with the default tolerances
-    assert out.magnification[0] == pytest.approx(1.0, rel=1e-4)
+    # SPEC 6: 0.1 % of the flux (measured: 2e-5 to 2.5e-4, the most for R_e = 0.1")
+    assert out.magnification[0] == pytest.approx(1.0, rel=1e-3)
 
 
 @pytest.mark.parametrize("theta_e,beta", [(0.5, 0.9), (0.3, 1.0), (0.8, 1.2)])
