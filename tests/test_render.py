@@ -176,3 +176,17 @@ def test_bad_arguments_are_named():
         gpu_inject.render_arcs(t, stamp_size=15, psf_fwhm=np.ones((2, 3)))
     with pytest.raises(ValueError, match="backend = 'tpu'"):
         gpu_inject.render_arcs(t, stamp_size=16, psf_fwhm=np.ones((2, 3)), backend="tpu")
+
+
+def test_moffat_psf_keeps_flux_and_is_wider_than_the_gaussian():
+    """--psf-model moffat: same FWHM, unit-sum kernel (flux kept), heavier wings (less light
+    in the central pixel than the Gaussian of the same FWHM)."""
+    t = one_task(theta_e_arcsec=0.0, src_reff_arcsec=0.1, src_n=0.5)
+    kw = dict(stamp_size=64, psf_fwhm=[[1.3]], bands="r", backend="cpu")
+    gauss = gpu_inject.render_arcs(t, **kw)
+    moff = gpu_inject.render_arcs(t, psf_model="moffat", moffat_beta=2.5, **kw)
+    # flux outside the 64-px stamp: < 2e-4 for beta = 2.5 wings truncated at 5 sigma
+    np.testing.assert_allclose(moff.total_flux, gauss.total_flux, rtol=2e-4)
+    assert moff.images[0, 0, 32, 32] < gauss.images[0, 0, 32, 32]
+    with pytest.raises(ValueError, match="moffat_beta = 1"):
+        gpu_inject.render_arcs(t, psf_model="moffat", moffat_beta=1.0, **kw)
