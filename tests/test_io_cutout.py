@@ -8,6 +8,7 @@ from scipy.special import erf
 
 from conftest import LEGACYSURVEY_DATA, tan_header, write_brick
 from gpu_inject.io import CoaddSource, choose_strategy, cut_stamps, sky_to_pixel, wcs_from_header
+from gpu_inject.io.cutout import TILE_CALL_COST
 from gpu_inject.io.coadd import CoaddError
 
 DR6 = LEGACYSURVEY_DATA / "desitarget_dr6"
@@ -172,9 +173,11 @@ def test_strategy_threshold():
     dr10 = (3600, 3600)
     assert choose_strategy(1, 64, dr10, (100, 100)) == "tiles"
     assert choose_strategy(60, 64, dr10, (100, 100)) == "tiles"
-    assert choose_strategy(200, 64, dr10, (100, 100)) == "tiles"
-    assert choose_strategy(203, 96, dr10, (100, 100)) == "whole"
-    assert choose_strategy(300, 64, dr10, (100, 100)) == "whole"
+    # the crossover: 1296 tiles / (4 tiles per stamp * TILE_CALL_COST)
+    edge = int(1296 / (4 * TILE_CALL_COST))
+    assert choose_strategy(edge - 1, 64, dr10, (100, 100)) == "tiles"
+    assert choose_strategy(edge + 1, 64, dr10, (100, 100)) == "whole"
+    assert choose_strategy(edge + 1, 96, dr10, (100, 100)) == "whole"
     assert choose_strategy(1, 64, dr10, None) == "whole"       # uncompressed image
 
 
@@ -182,9 +185,9 @@ def test_auto_strategy_and_brick_level_failure(small_brick, tmp_path):
     files = CoaddSource(small_brick["root"], layout="flat").brick_files(small_brick["brick"], "grz")
     w = wcs_from_header(small_brick["header"])
     ra, dec = w.all_pix2world([150.0], [130.0], 0)
-    # a 3x3-tile image: 1 stamp (4 tiles) -> tiles; 2 stamps -> whole
+    # a 3x3-tile image: 1 stamp (4 tiles) -> tiles; 3 stamps (12 tile reads > 9) -> whole
     assert cut_stamps(files, ra, dec, 32).strategy == "tiles"
-    assert cut_stamps(files, np.r_[ra, ra], np.r_[dec, dec], 32).strategy == "whole"
+    assert cut_stamps(files, np.r_[ra, ra, ra], np.r_[dec, dec, dec], 32).strategy == "whole"
     # a file that becomes unreadable after resolution fails every row, naming the file
     p = files.path("invvar", "z")
     os.remove(p)

@@ -18,25 +18,30 @@ naming ra, dec and the brick; its arrays are all zero.
 
 Reading strategy, decided per brick from the number of stamps (``choose_strategy``):
 
-* ``"tiles"``: each stamp reads its region through ``CompImageHDU.section``, which
-  decompresses only the tiles (100x100 in DR10) the region overlaps: <= 4 tiles for a 64x64
-  stamp.
+* ``"tiles"``: each stamp reads its region through fitsio (local files) or
+  ``CompImageHDU.section`` (files held in memory), which decompress only the tiles (100x100
+  in DR10) the region overlaps: <= 4 tiles for a 64x64 stamp.
 * ``"whole"``: each file is decompressed once and every stamp is a slice of it.
 
-Measured with astropy 8 on noise-filled 3600x3600 DR10-like files (RICE image/invvar, GZIP
-psfsize, HCOMPRESS maskbits): one ``section`` read costs 0.45-0.65 ms of fixed overhead
-(header access) plus ~0.05 ms per tile, i.e. ~0.6-0.9 ms for a 64x64 stamp (4 tiles), while
-a whole-image decompression costs 0.16-0.25 s (0.12-0.19 ms per tile). A stamp read by tiles
-therefore costs about ``TILE_CALL_COST`` (1.6) x its tile count in whole-image tile
+Measured on 3600x3600 DR10-format mock bricks (RICE image/invvar, GZIP psfsize, HCOMPRESS
+maskbits), grz, 64x64 stamps, one core (``benchmarks/cutout_speed.py``): astropy's
+``section`` costs 0.45-0.65 ms of fixed overhead per call (its header checks) plus ~0.05 ms
+per tile, so local files are read by tiles through fitsio (cfitsio, as legacypipe does; the
+same tiles, bit for bit), ~0.23 ms per 64x64 window; a whole-image decompression costs about
+0.06 ms per tile. A stamp read by tiles therefore costs about ``TILE_CALL_COST`` (1.0 with
+fitsio, 1.6 through astropy for files held in memory) x its tile count in whole-image tile
 equivalents, and ``tiles`` wins while
 ``n_stamps * tiles_per_stamp * TILE_CALL_COST < n_tiles_in_image``: for DR10 (1296 tiles of
-100x100; a 64x64 or 96x96 stamp overlaps at most 2x2 of them) fewer than ~200 stamps per brick. ``choose_strategy`` computes it from the actual image and tile
-shapes of the brick, so small or differently tiled images are handled too. Either way each
+100x100; a 64x64 or 96x96 stamp overlaps at most 2x2 of them) fewer than ~320 stamps per
+brick (measured at 300: 0.73 s by tiles, 0.80 s whole). ``choose_strategy`` computes it
+from the actual image and tile shapes of the brick, so small or differently tiled images are
+handled too. Either way each
 file is opened once per brick and no pixel is read twice in ``whole`` mode.
 """
 from __future__ import annotations
 
 import math
+import os
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -45,6 +50,11 @@ from typing import Sequence
 import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
+
+try:  # cfitsio for tile reads of local files (see _Reader); astropy does the rest
+    import fitsio
+except ImportError:  # pragma: no cover - fitsio is a dependency; astropy alone also works
+    fitsio = None
 
 from .coadd import BrickFiles, CoaddError
 
@@ -59,9 +69,10 @@ __all__ = [
     "TILE_CALL_COST",
 ]
 
-#: Cost of one stamp's ``section`` read per tile touched, relative to the per-tile cost of a
-#: whole-image decompression (measured, see module docstring).
-TILE_CALL_COST = 1.6
+#: Cost of one stamp's tile read per tile touched, relative to the per-tile cost of a
+#: whole-image decompression (measured, see module docstring): 1.6 through astropy's
+#: ``section``, 1.0 through fitsio, which local files use.
+TILE_CALL_COST = 1.0 if fitsio is not None else 1.6
 
 
 # --------------------------------------------------------------------------- WCS helpers
@@ -222,10 +233,18 @@ class _NoLock:
 class _Reader:
     """Reads windows of one HDU by tiles (section) or from the decompressed image."""
 
-    def __init__(self, hdu, strategy: str, path: str):
+    def __init__(self, hdu, path: str, *, strategy: str, local_file: str | None = None):
         self.hdu = hdu
         self.path = path
         self.full = None
+        # Tile reads through cfitsio (fitsio, as legacypipe reads these files) when the file
+        # is on local disk: the same tiles decoded by the same algorithm, without astropy's
+        # per-call header checks, which cost more than decoding the tiles themselves.
+        self.fx = None
+        if (strategy == "tiles" and fitsio is not None and isinstance(local_file, str)
+                and os.path.isfile(local_file)):
+            self._fits = fitsio.FITS(local_file)
+            self.fx = self._fits[1]
         ctype = str(getattr(hdu, "compression_type", "") or "").upper()
         self.lock = _HCOMPRESS_LOCK if ctype.startswith("HCOMPRESS") else _NoLock()
         if strategy == "whole":
@@ -243,11 +262,18 @@ class _Reader:
             if self.full is None or self.full.shape != tuple(hdu.shape):
                 raise CoaddError(f"corrupt FITS file {path}: image data unreadable")
 
+    def close(self):
+        if self.fx is not None:
+            self._fits.close()
+            self.fx = None
+
     def window(self, ys: int, ye: int, xs: int, xe: int) -> np.ndarray:
         if self.full is not None:
             return self.full[ys:ye, xs:xe]
         try:
             with self.lock:
+                if self.fx is not None:
+                    return self.fx[ys:ye, xs:xe]
                 return np.asarray(self.hdu.section[ys:ye, xs:xe])
         except Exception as exc:
             raise CoaddError(f"corrupt FITS file {self.path}: cannot decompress "
@@ -353,7 +379,7 @@ def _cut_into(out: StampSet, files: BrickFiles, ra, dec, size, bands, want_mask,
                                                                  cards_ref):
                 raise CoaddError(f"brick {files.brick}: {path} (shape {tuple(hdu.shape)}) does "
                                  f"not share the pixel grid of {ref_path} (shape {shape_ref})")
-            hdus[spec] = (hdu, path)
+            hdus[spec] = (hdu, path, hdul.filename())
 
         ny, nx = shape_ref
         out.image_shape = (ny, nx)
@@ -399,26 +425,27 @@ def _cut_into(out: StampSet, files: BrickFiles, ra, dec, size, bands, want_mask,
 
         for k, b in enumerate(bands):
             for product, arr in (("image", out.image), ("invvar", out.invvar)):
-                hdu, path = hdus[(product, b)]
-                reader = _Reader(hdu, strategy, path)
+                hdu, path, local = hdus[(product, b)]
+                reader = _Reader(hdu, path, strategy=strategy, local_file=local)
                 fill(lambda i, arr=arr, k=k: arr[i, k], reader)
-                del reader
+                reader.close()
             if want_psf:
-                hdu, path = hdus[("psfsize", b)]
-                reader = _Reader(hdu, strategy, path)
+                hdu, path, local = hdus[("psfsize", b)]
+                reader = _Reader(hdu, path, strategy=strategy, local_file=local)
                 for i in rows:
                     out.psfsize[i, k] = reader.window(int(cy[i]), int(cy[i]) + 1,
                                                       int(cx[i]), int(cx[i]) + 1)[0, 0]
-                del reader
+                reader.close()
         if want_mask:
-            hdu, path = hdus[("maskbits", None)]
-            reader = _Reader(hdu, strategy, path)
+            hdu, path, local = hdus[("maskbits", None)]
+            reader = _Reader(hdu, path, strategy=strategy, local_file=local)
             if reader.full is not None:
                 reader.full = _as_int32_mask(reader.full)
             for i in rows:
                 a, b_, c, d = int(ys[i]), int(ye[i]), int(xs[i]), int(xe[i])
                 out.maskbits[i, a - y0[i]:b_ - y0[i], c - x0[i]:d - x0[i]] = \
                     _as_int32_mask(reader.window(a, b_, c, d))
+            reader.close()
     finally:
         for hdul in opened:
             try:
