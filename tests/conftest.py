@@ -59,3 +59,31 @@ def small_brick(tmp_path):
     root = tmp_path / "flat"
     write_brick(root / brick, brick, header, planes)
     return dict(root=root, brick=brick, header=header, planes=planes, shape=shape)
+
+
+@pytest.fixture(scope="session")
+def moto_s3():
+    """A real S3 API: moto's server on a free loopback port. Yields the endpoint, fsspec
+    storage options and a boto3 client."""
+    import socket
+
+    pytest.importorskip("moto.server")
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        yield {
+            "endpoint": endpoint,
+            "opts": {"key": "testing", "secret": "testing", "endpoint_url": endpoint,
+                     "client_kwargs": {"region_name": "us-east-1"}},
+            "client": boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing",
+                                   aws_secret_access_key="testing", region_name="us-east-1"),
+        }
+    finally:
+        server.stop()

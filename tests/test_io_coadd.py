@@ -6,7 +6,6 @@ import time
 
 import numpy as np
 import pytest
-from astropy.io import fits
 
 from conftest import LEGACYSURVEY_DATA
 from gpu_inject.io import CoaddError, CoaddSource, cut_stamps, wcs_from_header

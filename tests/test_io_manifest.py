@@ -90,31 +90,13 @@ def test_control_rows_may_leave_lens_and_source_null_but_not_set_theta_e(tmp_pat
     assert m.errors[2].startswith("CONTROL row with theta_e_arcsec = ")
 
 
-def test_manifest_read_from_s3_through_moto(tmp_path):
+def test_manifest_read_from_s3_through_moto(tmp_path, moto_s3):
     """The same manifest read from S3 (moto's server on loopback) as from disk."""
-    import socket
-
-    pytest.importorskip("moto.server")
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        endpoint = f"http://127.0.0.1:{port}"
-        pq.write_table(manifest_table(), tmp_path / "part-0.parquet")
-        s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing",
-                          aws_secret_access_key="testing", region_name="us-east-1")
-        s3.create_bucket(Bucket="manifests")
-        s3.upload_file(str(tmp_path / "part-0.parquet"), "manifests", "exp1/part-0.parquet")
-        opts = {"key": "testing", "secret": "testing", "endpoint_url": endpoint,
-                "client_kwargs": {"region_name": "us-east-1"}}
-        m = read_manifest("s3://manifests/exp1", storage_options=opts)
-        assert m.table.equals(read_manifest(tmp_path / "part-0.parquet").table)
-        with pytest.raises(ManifestError, match="cannot read manifest s3://manifests/none"):
-            read_manifest("s3://manifests/none", storage_options=opts)
-    finally:
-        server.stop()
+    pq.write_table(manifest_table(), tmp_path / "part-0.parquet")
+    s3 = moto_s3["client"]
+    s3.create_bucket(Bucket="manifests")
+    s3.upload_file(str(tmp_path / "part-0.parquet"), "manifests", "exp1/part-0.parquet")
+    m = read_manifest("s3://manifests/exp1", storage_options=moto_s3["opts"])
+    assert m.table.equals(read_manifest(tmp_path / "part-0.parquet").table)
+    with pytest.raises(ManifestError, match="cannot read manifest s3://manifests/none"):
+        read_manifest("s3://manifests/none", storage_options=moto_s3["opts"])

@@ -326,8 +326,8 @@ def test_sky_noise_level(brick):
     s = plan.sources
     yy, xx = np.mgrid[0:SIZE, 0:SIZE]
     empty = np.ones((SIZE, SIZE), bool)
-    for x, y, re in zip(s["x"], s["y"], s["re_arcsec"]):
-        r = 40 + 4 * re / 0.262
+    for x, y, re_arcsec in zip(s["x"], s["y"], s["re_arcsec"]):
+        r = 40 + 4 * re_arcsec / 0.262
         x0, x1 = int(max(x - r, 0)), int(min(x + r + 1, SIZE))
         y0, y1 = int(max(y - r, 0)), int(min(y + r + 1, SIZE))
         if x0 < x1 and y0 < y1:

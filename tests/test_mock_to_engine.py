@@ -1,10 +1,8 @@
 """Mock DR10 bricks -> brick reader -> PSF provenance -> engine -> injection, end to end:
 the pieces of issues 2 and 3 fitted together as the pipeline will use them."""
 import os
-import socket
 
 import numpy as np
-import pytest
 from astropy.wcs import WCS
 from click.testing import CliRunner
 
@@ -86,38 +84,22 @@ def test_mask_fractions_on_planted_masks(tmp_path):
     assert wise[: len(plan.wise_discs)].min() > 0.1  # the discs are really there
 
 
-def test_mock_bricks_read_through_s3_equal_local(tmp_path):
+def test_mock_bricks_read_through_s3_equal_local(tmp_path, moto_s3):
     """The same mock brick read from S3 (moto's server on loopback) and from disk."""
-    pytest.importorskip("moto.server")
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        endpoint = f"http://127.0.0.1:{port}"
-        creds = dict(aws_access_key_id="testing", aws_secret_access_key="testing",
-                     region_name="us-east-1")
-        paths = write_mock_brick(tmp_path / "local", BRICK, size=300, seed=2)
-        s3 = boto3.client("s3", endpoint_url=endpoint, **creds)
-        s3.create_bucket(Bucket="dr10")
-        for p in paths.values():
-            s3.upload_file(str(p), "dr10", f"south/coadd/{BRICK[:3]}/{BRICK}/{p.name}")
-        opts = {"key": "testing", "secret": "testing",
-                "client_kwargs": {"region_name": "us-east-1"}}
-        remote = CoaddSource("s3://dr10/south/coadd", endpoint_url=endpoint,
-                             storage_options=opts, cache_dir=tmp_path / "cache", timeout=10)
-        ra0, dec0 = brick_center(BRICK)
-        ra = ra0 + np.array([0.0, 10.0]) / 3600
-        dec = dec0 + np.array([0.0, -8.0]) / 3600
-        a = cut_brick(remote, BRICK, ra, dec, 32, list("grz"))
-        b = cut_brick(CoaddSource(tmp_path / "local"), BRICK, ra, dec, 32, list("grz"))
-        assert a.error == [None, None] and b.error == [None, None]
-        for name in ("image", "invvar", "maskbits", "psfsize"):
-            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
-        assert os.listdir(tmp_path / "cache")  # served through the local cache
-    finally:
-        server.stop()
+    paths = write_mock_brick(tmp_path / "local", BRICK, size=300, seed=2)
+    s3 = moto_s3["client"]
+    s3.create_bucket(Bucket="dr10")
+    for p in paths.values():
+        s3.upload_file(str(p), "dr10", f"south/coadd/{BRICK[:3]}/{BRICK}/{p.name}")
+    opts = {k: v for k, v in moto_s3["opts"].items() if k != "endpoint_url"}
+    remote = CoaddSource("s3://dr10/south/coadd", endpoint_url=moto_s3["endpoint"],
+                         storage_options=opts, cache_dir=tmp_path / "cache", timeout=10)
+    ra0, dec0 = brick_center(BRICK)
+    ra = ra0 + np.array([0.0, 10.0]) / 3600
+    dec = dec0 + np.array([0.0, -8.0]) / 3600
+    a = cut_brick(remote, BRICK, ra, dec, 32, list("grz"))
+    b = cut_brick(CoaddSource(tmp_path / "local"), BRICK, ra, dec, 32, list("grz"))
+    assert a.error == [None, None] and b.error == [None, None]
+    for name in ("image", "invvar", "maskbits", "psfsize"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    assert os.listdir(tmp_path / "cache")  # served through the local cache

@@ -346,7 +346,6 @@ def cut_brick(source, brick: str, ra, dec, size: int, bands: Sequence[str], *,
 
 def _cut_into(out: StampSet, files: BrickFiles, ra, dec, size, bands, want_mask, want_psf,
               strategy):
-    n = ra.size
     h = size // 2
     opened: list[fits.HDUList] = []
     try:
