@@ -108,8 +108,8 @@ def pack_params(cols, pixscale):
     reff = np.where(inj, g["src_reff_arcsec"], pixscale) / pixscale
     bn = np.array([sersic_bn(v) for v in n_sersic])
     ie = np.array([sersic_ie_for_unit_flux(a, b, c) for a, b, c in zip(n_sersic, reff, bn)])
-    p[:, L.P_THETA_E] = g["theta_e_arcsec"] / pixscale
-    p[:, L.P_LENS_Q] = lens_q
+    p[:, L.P_LENS_B] = g["theta_e_arcsec"] / pixscale * np.sqrt(lens_q)
+    p[:, L.P_LENS_F] = np.sqrt(1.0 - lens_q * lens_q)
     p[:, L.P_LENS_COS] = np.cos(lens_phi)
     p[:, L.P_LENS_SIN] = np.sin(lens_phi)
     p[:, L.P_G1] = g["shear"] * np.cos(shear_phi)
@@ -124,8 +124,6 @@ def pack_params(cols, pixscale):
     p[:, L.P_SRC_BN] = bn
     p[:, L.P_SRC_IE] = np.where(inj, ie, 0.0)
     p[:, L.P_SRC_I0] = p[:, L.P_SRC_IE] * np.exp(bn)
-    p[:, L.P_LENS_B] = p[:, L.P_THETA_E] * np.sqrt(lens_q)
-    p[:, L.P_LENS_F] = np.sqrt(1.0 - lens_q * lens_q)
     rcut = np.array([sersic_radius_below(L.FAINT, *a) for a in zip(reff, n_sersic, bn, ie)])
     p[:, L.P_SRC_R2CUT] = np.where(inj, rcut * rcut, -1.0)
     flux_r = np.where(inj, g["lens_flux_r"] * 10.0 ** (-0.4 * g["src_dmag"]), 0.0)

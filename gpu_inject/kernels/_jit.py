@@ -15,7 +15,7 @@ from ..physics import integrate, layout, lens, sersic
 # In call order: a function's callees come before it.
 PHYSICS = (
     lens.atan_over_f, lens.atanh_over_f, lens.sie_deflection_bf, lens.sie_deflection,
-    lens.shear_deflection, lens.ray_shoot,
+    lens.shear_deflection, lens.ray_shoot_bf, lens.ray_shoot,
     sersic.sersic_bn, sersic.elliptical_radius2, sersic.elliptical_radius,
     sersic.sersic_profile_r2, sersic.sersic_profile,
     integrate.lensed_sample, integrate.must_split, integrate.s5,

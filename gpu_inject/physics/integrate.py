@@ -34,7 +34,7 @@ import math
 from .layout import (P_G1, P_G2, P_LENS_B, P_LENS_COS, P_LENS_F, P_LENS_SIN, P_SRC_BN,
                      P_SRC_COS, P_SRC_I0, P_SRC_IE, P_SRC_INV_N, P_SRC_Q, P_SRC_R2CUT,
                      P_SRC_REFF, P_SRC_SIN, P_SRC_X, P_SRC_Y)
-from .lens import shear_deflection, sie_deflection_bf
+from .lens import ray_shoot_bf
 from .sersic import elliptical_radius, elliptical_radius2, sersic_profile_r2
 
 # A cell whose source-plane footprint (largest elliptical distance from its centre's image to
@@ -53,10 +53,10 @@ FLOOR = 1e-6
 
 def lensed_sample(x, y, p):
     """I(beta(x, y)) and the source-plane offset (u, v) of beta from the source centre."""
-    ax, ay = sie_deflection_bf(x, y, p[P_LENS_B], p[P_LENS_F], p[P_LENS_COS], p[P_LENS_SIN])
-    sx, sy = shear_deflection(x, y, p[P_G1], p[P_G2])
-    u = x - ax - sx - p[P_SRC_X]
-    v = y - ay - sy - p[P_SRC_Y]
+    bx, by = ray_shoot_bf(x, y, p[P_LENS_B], p[P_LENS_F], p[P_LENS_COS], p[P_LENS_SIN],
+                          p[P_G1], p[P_G2])
+    u = bx - p[P_SRC_X]
+    v = by - p[P_SRC_Y]
     r2 = elliptical_radius2(u, v, p[P_SRC_Q], p[P_SRC_COS], p[P_SRC_SIN])
     if r2 > p[P_SRC_R2CUT]:
         return 0.0, u, v

@@ -1,10 +1,10 @@
 """Columns of the packed per-stamp parameter row ``p`` (float64) that the kernels read.
 
 Lengths are in pixels, positions relative to the lens centre, angles as cos/sin pairs;
-``engine.pack_params`` fills it from manifest columns (arcsec, degrees, e).
+``tasks.pack_params`` fills it from manifest columns (arcsec, degrees, e).
 """
-P_THETA_E = 0      # Einstein radius (0 for no lens)
-P_LENS_Q = 1       # SIE axis ratio (1 for SIS)
+P_LENS_B = 0       # theta_E sqrt(q): the SIE's b (0 for no lens)
+P_LENS_F = 1       # sqrt(1 - q^2) (0 for an SIS)
 P_LENS_COS = 2     # cos, sin of the SIE major-axis angle
 P_LENS_SIN = 3
 P_G1 = 4           # external shear components
@@ -19,10 +19,8 @@ P_SRC_INV_N = 12   # 1 / Sersic n
 P_SRC_BN = 13      # b_n
 P_SRC_IE = 14      # I_e for unit total flux
 P_SRC_I0 = 15      # I(0) = I_e exp(b_n), the profile's maximum
-P_LENS_B = 16      # theta_E sqrt(q): the SIE's b
-P_LENS_F = 17      # sqrt(1 - q^2)
-P_SRC_R2CUT = 18   # R^2 beyond which the profile is below FAINT and taken as 0
-NPARAM = 19
+P_SRC_R2CUT = 16   # R^2 beyond which the profile is below FAINT and taken as 0
+NPARAM = 17
 
 # Surface brightness (unit source flux per pixel^2) below which the profile is taken as 0:
 # over a 200 x 200 render grid that drops at most 4e-6 of the source flux.

@@ -69,6 +69,12 @@ def shear_deflection(x, y, g1, g2):
 
 def ray_shoot(x, y, theta_e, q, cos_phi, sin_phi, g1, g2):
     """Source-plane position beta = theta - alpha(theta) of image-plane point (x, y)."""
-    ax, ay = sie_deflection(x, y, theta_e, q, cos_phi, sin_phi)
+    return ray_shoot_bf(x, y, theta_e * math.sqrt(q), math.sqrt(max(1.0 - q * q, 0.0)),
+                        cos_phi, sin_phi, g1, g2)
+
+
+def ray_shoot_bf(x, y, b, f, cos_phi, sin_phi, g1, g2):
+    """ray_shoot with the SIE's b and f precomputed (see sie_deflection_bf)."""
+    ax, ay = sie_deflection_bf(x, y, b, f, cos_phi, sin_phi)
     sx, sy = shear_deflection(x, y, g1, g2)
     return x - ax - sx, y - ay - sy
