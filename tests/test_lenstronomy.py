@@ -53,6 +53,16 @@ def bn_lenstronomy(n):
     return 1.9992 * n - 0.3271
 
 
+def use_lenstronomy_bn(p):
+    """Replace b_n in a packed row by lenstronomy's, with I_e and I(0) for unit flux again
+    (the module docstring says why)."""
+    n = 1.0 / p[L.P_SRC_INV_N]
+    bn = bn_lenstronomy(n)
+    p[L.P_SRC_BN] = bn
+    p[L.P_SRC_IE] = sersic.sersic_ie_for_unit_flux(n, p[L.P_SRC_REFF], bn)
+    p[L.P_SRC_I0] = p[L.P_SRC_IE] * math.exp(bn)
+
+
 def lenstronomy_lens(theta_e, q, phi, g1, g2):
     """(LensModel, kwargs) of our SIE + shear; q = 1 is lenstronomy's SIS (its SIE replaces
     q = 1 by q = 1 - 1e-8 internally, a 1e-8 relative change we do not want to test against)."""
@@ -197,11 +207,7 @@ def test_lensed_sample_matches_lenstronomy():
     light = LightModel(["SERSIC_ELLIPSE"])
     for k in range(20):
         p = params[k].copy()
-        n = 1.0 / p[L.P_SRC_INV_N]
-        bn = bn_lenstronomy(n)
-        p[L.P_SRC_BN] = bn
-        p[L.P_SRC_IE] = sersic.sersic_ie_for_unit_flux(n, p[L.P_SRC_REFF], bn)
-        p[L.P_SRC_I0] = p[L.P_SRC_IE] * math.exp(bn)
+        use_lenstronomy_bn(p)
         lm, kwl, kws = lenstronomy_task(tasks, k)
         x, y = random_points(rng, 100, 0.2, 3.0)
         bx, by = lm.ray_shooting(x, y, kwl)
@@ -290,11 +296,7 @@ def test_lensed_images_match_lenstronomy_supersampled():
     params, _ = T.pack_params(cols, PIXSCALE)
     n = params.shape[0]
     for k in range(n):
-        nn = 1.0 / params[k, L.P_SRC_INV_N]
-        bn = bn_lenstronomy(nn)
-        params[k, L.P_SRC_BN] = bn
-        params[k, L.P_SRC_IE] = sersic.sersic_ie_for_unit_flux(nn, params[k, L.P_SRC_REFF], bn)
-        params[k, L.P_SRC_I0] = params[k, L.P_SRC_IE] * math.exp(bn)
+        use_lenstronomy_bn(params[k])
     offsets = np.random.default_rng(1).uniform(-0.5, 0.5, (n, 2))
     origin = size // 2 + offsets
     out = render_pre_psf(params, origin, size)
