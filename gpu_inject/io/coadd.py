@@ -22,6 +22,7 @@ readers never see a partial file.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import uuid
@@ -54,6 +55,20 @@ class CoaddError(Exception):
 def _one_line(exc: BaseException) -> str:
     msg = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _io_errors(name: str, failure: str):
+    """Any exception inside becomes a one-line CoaddError naming ``name``: "file not found"
+    for a missing file, else ``failure`` (e.g. "cannot read") and the cause."""
+    try:
+        yield
+    except CoaddError:
+        raise
+    except FileNotFoundError as exc:
+        raise CoaddError(f"file not found: {name}") from exc
+    except Exception as exc:
+        raise CoaddError(f"{failure} {name}: {_one_line(exc)}") from exc
 
 
 def brick_file_name(brick: str, product: str, band: str | None = None) -> str:
@@ -228,12 +243,9 @@ class CoaddSource:
         os.makedirs(os.path.dirname(dest), exist_ok=True)
         tmp = f"{dest}.{os.getpid()}.{uuid.uuid4().hex}.part"
         try:
-            self.fs.get_file(url, tmp)
-            os.replace(tmp, dest)
-        except FileNotFoundError as exc:
-            raise CoaddError(f"file not found: {url}") from exc
-        except Exception as exc:
-            raise CoaddError(f"cannot download {url}: {_one_line(exc)}") from exc
+            with _io_errors(url, "cannot download"):
+                self.fs.get_file(url, tmp)
+                os.replace(tmp, dest)
         finally:
             if os.path.exists(tmp):
                 try:
@@ -262,12 +274,8 @@ class CoaddSource:
                     pass
                 local = self._fetch_to_cache(path)
                 return _open_validated(local, path)
-        try:
+        with _io_errors(path, "cannot read"):
             data = self.fs.cat_file(path)
-        except FileNotFoundError as exc:
-            raise CoaddError(f"file not found: {path}") from exc
-        except Exception as exc:
-            raise CoaddError(f"cannot read {path}: {_one_line(exc)}") from exc
         return _open_validated(io.BytesIO(data), path, size=len(data))
 
 
@@ -276,20 +284,11 @@ def _open_validated(src, name: str, size: int | None = None) -> fits.HDUList:
     import warnings
 
     if size is None:
-        try:
+        with _io_errors(name, "cannot read"):
             size = os.path.getsize(src)
-        except FileNotFoundError as exc:
-            raise CoaddError(f"file not found: {name}") from exc
-        except OSError as exc:
-            raise CoaddError(f"cannot read {name}: {_one_line(exc)}") from exc
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            hdul = fits.open(src, memmap=False, lazy_load_hdus=False)
-    except FileNotFoundError as exc:
-        raise CoaddError(f"file not found: {name}") from exc
-    except Exception as exc:
-        raise CoaddError(f"corrupt FITS file {name}: {_one_line(exc)}") from exc
+    with _io_errors(name, "corrupt FITS file"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hdul = fits.open(src, memmap=False, lazy_load_hdus=False)
     try:
         if len(hdul) < 2:
             raise CoaddError(f"truncated or corrupt FITS file {name}: no image extension "
