@@ -10,3 +10,5 @@ python benchmarks/compare_lenstronomy.py --stamps 1024 --lenstronomy-stamps 200 
     --json "$out-cpu-vs-lenstronomy.json"
 python benchmarks/memory.py --json "$out-memory.json"
 gpu-inject bench --backend cpu --stamps 2048 --json "$out-bench.json"
+python benchmarks/render_profile.py
+python benchmarks/cutout_speed.py --json "$out-cutout.json"

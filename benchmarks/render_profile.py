@@ -1,0 +1,75 @@
+"""Where one thread's time goes per 64x64 stamp: one lensed-Sersic evaluation, the gate over
+the render grid (every tolerance infinite: 2 evaluations per pixel), the adaptive refinement
+(the default tolerances minus the gate), and the FFT convolution.
+
+    python benchmarks/render_profile.py [--stamps 256]
+
+Warm code only (a first call compiles), one Numba thread, medians of 3.
+"""
+import argparse
+import statistics
+import time
+
+import numba
+import numpy as np
+
+from gpu_inject import engine
+from gpu_inject import tasks as T
+from gpu_inject.draws import random_tasks
+from gpu_inject.kernels import cpu, psf
+
+S = 64
+
+
+@numba.njit
+def _evaluate(p, n):
+    acc = 0.0
+    for i in range(n):
+        f, u, v = cpu.lensed_sample((i % 1000) * 0.02 - 10.0, (i // 1000) * 0.02 - 10.0, p)
+        acc += f + u + v
+    return acc
+
+
+def _median_s(fn, repeats=3):
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--stamps", type=int, default=256)
+    a = ap.parse_args(argv)
+    numba.set_num_threads(1)
+    draws = random_tasks(a.stamps, seed=0)
+    params, _ = T.pack_params(T.read_columns(draws), 0.262)
+    fwhm = np.stack([draws[f"psfsize_{b}"] for b in "grz"], axis=1) / 0.262
+    size, margin = psf.render_size(S, float(np.median(fwhm.max(axis=1))))
+    origin = np.full((a.stamps, 2), margin + S // 2, dtype=float)
+    acc = engine.DEFAULT_ACCURACY
+    out = np.empty((a.stamps, size, size))
+
+    def render(eps):
+        cpu.render_batch(params, origin, size, *eps, out)
+
+    sie = int(np.flatnonzero(draws["lens_model"] == "SIE")[0])
+    n_eval = 1_000_000
+    per_eval = _median_s(lambda: _evaluate(params[sie], n_eval)) / n_eval
+    full = _median_s(lambda: render((acc.eps_gate, acc.eps_abs, acc.eps_rel, acc.eps_cusp,
+                                     acc.max_level))) / a.stamps
+    gate = _median_s(lambda: render((np.inf, np.inf, np.inf, np.inf, 0))) / a.stamps
+    fft = _median_s(lambda: psf.convolve_crop(out, np.full((a.stamps, 3), np.median(fwhm)),
+                                              S, margin)) / a.stamps
+    print(f"one thread, {S}x{S} stamps, render grid {size}x{size}, {a.stamps} draws")
+    print(f"one lensed-Sersic evaluation (SIE): {per_eval * 1e9:6.1f} ns")
+    print(f"gate (2 evaluations per pixel):      {gate * 1e3:6.3f} ms/stamp")
+    print(f"adaptive refinement:                 {(full - gate) * 1e3:6.3f} ms/stamp")
+    print(f"FFT convolution, 3 bands:            {fft * 1e3:6.3f} ms/stamp")
+
+
+if __name__ == "__main__":
+    main()
