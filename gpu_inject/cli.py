@@ -83,6 +83,69 @@ def bench(backend, stamps, stamp_size, batch_size, repeats, seed, json_path):
         click.echo(f"results written to {json_path}")
 
 
+def _bands(value):
+    """'g,r,z' or 'grz' -> ('g', 'r', 'z')."""
+    return tuple(b.strip() for b in value.split(",")) if "," in value else tuple(value)
+
+
+def _print_summary(summary):
+    t = summary.timings
+    click.echo(f"{summary.experiment_id}: {summary.rows} rows written under {summary.out} "
+               f"({summary.ok} ok: {summary.ok - summary.controls} injections, "
+               f"{summary.controls} controls; {summary.errors} error rows)")
+    click.echo(f"units: {summary.units} ({summary.units_done_before} done before this run); "
+               f"{t.get('rows', 0)} rows in {summary.seconds:.1f} s = "
+               f"{t.get('stamps_per_s', 0):,.0f} stamps/s (reading {t.get('read_s', 0):.1f} s "
+               f"in threads, engine {t.get('engine_s', 0):.1f} s, writing "
+               f"{t.get('write_s', 0):.1f} s)")
+    for reason, count in list(summary.error_reasons.items())[:10]:
+        click.echo(f"  {count:>8}  {reason}")
+
+
+@main.command()
+@click.option("--manifest", required=True, help="Manifest Parquet file or folder (local or s3://).")
+@click.option("--coadd-root", required=True, help="Coadd folder or s3:// URL.")
+@click.option("--out", required=True, help="Output folder or s3:// URL.")
+@click.option("--experiment-id", required=True, help="Name of this run's datasets.")
+@click.option("--bands", default="g,r,z", show_default=True, help="Bands, in output order.")
+@click.option("--stamp-size", type=int, default=64, show_default=True)
+@click.option("--backend", type=click.Choice(["auto", "cpu", "gpu"]), default="auto",
+              show_default=True)
+@click.option("--batch-size", type=int, default=1024, show_default=True,
+              help="Stamps per engine batch (memory grows with it).")
+@click.option("--workers", type=int, default=4, show_default=True,
+              help="Brick-reading threads (they read ahead of the engine).")
+@click.option("--coadd-layout", type=click.Choice(["legacysurvey", "flat"]),
+              default="legacysurvey", show_default=True)
+@click.option("--use-psfsize-maps/--no-use-psfsize-maps", default=True, show_default=True,
+              help="PSF FWHM from the psfsize maps at the stamp centre (else the manifest).")
+@click.option("--psf-model", type=click.Choice(["gaussian", "moffat"]), default="gaussian",
+              show_default=True)
+@click.option("--moffat-beta", type=float, default=3.5, show_default=True)
+@click.option("--cache-dir", default=None, help="Local cache of remote coadd files.")
+@click.option("--force", is_flag=True, help="Start over: delete this experiment's parts.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar (default: on a terminal; log lines otherwise).")
+def run(manifest, coadd_root, out, experiment_id, bands, stamp_size, backend, batch_size,
+        workers, coadd_layout, use_psfsize_maps, psf_model, moffat_beta, cache_dir, force,
+        progress):
+    """Inject arcs for every row of a manifest; write stamps and metrics as Parquet."""
+    from .pipeline import PipelineError, RunOptions
+    from .pipeline import run as run_pipeline
+
+    opts = RunOptions(manifest=manifest, coadd_root=coadd_root, out=out,
+                      experiment_id=experiment_id, bands=_bands(bands), stamp_size=stamp_size,
+                      backend=backend, batch_size=batch_size, workers=workers,
+                      coadd_layout=coadd_layout, use_psfsize_maps=use_psfsize_maps,
+                      psf_model=psf_model, moffat_beta=moffat_beta, cache_dir=cache_dir,
+                      force=force)
+    try:
+        summary = run_pipeline(opts, progress=progress)
+    except PipelineError as exc:
+        raise _Failure(str(exc)) from None
+    _print_summary(summary)
+
+
 def _read_targets(path):
     """(ra, dec, brickname or None) rows from a Parquet or CSV file."""
     import pyarrow.csv as pacsv

@@ -8,6 +8,7 @@ that exists is therefore whole: that is what a restart relies on.
 from __future__ import annotations
 
 import io
+import json
 import os
 import uuid
 
@@ -77,3 +78,101 @@ def write_part(table: pa.Table, path: str, storage_options=None) -> str:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+class Store:
+    """The ``--out`` location, a local folder or an ``s3://`` URL: part files, the stage
+    config, and what a restart needs to know (which parts exist)."""
+
+    def __init__(self, out: str, storage_options=None):
+        self.out = str(out).rstrip("/")
+        self.remote = self.out.startswith("s3://")
+        self.storage_options = storage_options
+        if self.remote:
+            import fsspec
+
+            self.fs = fsspec.filesystem("s3", **(storage_options or {}))
+        else:
+            self.out = os.path.abspath(self.out)
+            self.fs = None
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.out, *parts])
+
+    def _key(self, path: str) -> str:
+        return path[5:] if self.remote else path
+
+    def part(self, dataset: str, experiment_id: str, split: str, unit_id: str) -> str:
+        return part_path(self.out, dataset, experiment_id, split, unit_id)
+
+    def write_part(self, table: pa.Table, path: str) -> str:
+        return write_part(table, path, self.storage_options)
+
+    def existing_parts(self, experiment_id: str) -> set:
+        """Paths of the part files of ``experiment_id`` that exist (complete, by atomicity)."""
+        found = set()
+        for dataset in DATASETS:
+            top = self.path(dataset, experiment_id)
+            if self.remote:
+                names = self.fs.find(self._key(top)) if self.fs.exists(self._key(top)) else []
+                found.update("s3://" + n for n in names)
+            else:
+                for folder, _, files in os.walk(top):
+                    found.update(os.path.join(folder, f) for f in files)
+        return {p for p in found if os.path.basename(p).startswith("part-")
+                and p.endswith(".parquet")}
+
+    def remove_experiment(self, experiment_id: str) -> None:
+        """Delete every part of ``experiment_id`` (``--force``)."""
+        import shutil
+
+        for dataset in DATASETS:
+            top = self.path(dataset, experiment_id)
+            if self.remote:
+                if self.fs.exists(self._key(top)):
+                    self.fs.rm(self._key(top), recursive=True)
+            else:
+                shutil.rmtree(top, ignore_errors=True)
+
+    def remove_stale_temporaries(self, experiment_id: str) -> int:
+        """Temporary files left by a killed local run (never visible as parts); their count."""
+        if self.remote:
+            return 0
+        n = 0
+        for dataset in DATASETS:
+            for folder, _, files in os.walk(self.path(dataset, experiment_id)):
+                for f in files:
+                    if f.startswith(".part-") and f.endswith(".tmp"):
+                        os.remove(os.path.join(folder, f))
+                        n += 1
+        return n
+
+    def read_json(self, name: str):
+        """The JSON object stored at ``<out>/<name>``, or None when there is none."""
+        path = self.path(name)
+        if self.remote:
+            if not self.fs.exists(self._key(path)):
+                return None
+            return json.loads(self.fs.cat_file(self._key(path)))
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            return json.load(f)
+
+    def write_json(self, name: str, obj) -> str:
+        """Write ``obj`` to ``<out>/<name>`` atomically (temporary name + rename, one PUT)."""
+        data = (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode()
+        path = self.path(name)
+        if self.remote:
+            self.fs.pipe_file(self._key(path), data)
+            return path
+        os.makedirs(self.out, exist_ok=True)
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return path

@@ -1,0 +1,616 @@
+"""The host loop of ``gpu-inject run``: manifest -> work units -> brick reads (a thread pool,
+ahead of the engine) -> batches across bricks -> engine -> Parquet parts (SPEC sections 4-7).
+
+Resume is the plan itself: units are deterministic (the manifest's bricks in a fixed order,
+cut into units of whole bricks once a unit holds ``UNIT_ROWS`` rows), each unit writes one
+part per dataset and split with a name made from its index, parts appear atomically, and a
+unit whose parts all exist is done. A run killed at any moment and started again with the
+same command redoes only the units with a missing part, overwriting any part of theirs that
+did get written with the same rows: every row ends up exactly once.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import math
+import os
+import platform
+import sys
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from . import __version__, engine
+from . import tasks as T
+from .io.coadd import CoaddError, CoaddSource
+from .io.cutout import cut_brick
+from .io.manifest import SPLITS, read_manifest
+from .io.psf import resolve_psf_fwhm
+from .io.writer import Store, stamps_table
+
+CONFIG_NAME = "_stage_config.json"
+#: A unit closes once it holds this many rows (whole bricks only). Fixed, not an option:
+#: unit ids must not change between a run and its restart.
+UNIT_ROWS = 256
+#: Partition of rows whose region_split is not train, val or test (error rows).
+INVALID_SPLIT = "invalid"
+#: Options whose change alters the output: a restart with other values is refused.
+COMPARED_OPTIONS = ("manifest", "coadd_root", "coadd_layout", "bands", "stamp_size",
+                    "use_psfsize_maps", "psf_model", "moffat_beta")
+
+
+class PipelineError(RuntimeError):
+    """A fatal problem (bad option, unreadable manifest, unreachable root or output): one
+    line, nothing written beyond what was already complete."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Every option of ``gpu-inject run`` (SPEC section 7)."""
+    manifest: str
+    coadd_root: str
+    out: str
+    experiment_id: str
+    bands: tuple = ("g", "r", "z")
+    stamp_size: int = 64
+    backend: str = "auto"
+    batch_size: int = 1024
+    workers: int = 4
+    coadd_layout: str = "legacysurvey"
+    use_psfsize_maps: bool = True
+    psf_model: str = "gaussian"
+    moffat_beta: float = 3.5
+    cache_dir: str | None = None
+    force: bool = False
+
+    def check(self):
+        """PipelineError naming the first bad option."""
+        if not self.experiment_id or "/" in self.experiment_id or self.experiment_id in (".", ".."):
+            raise PipelineError(f"--experiment-id {self.experiment_id!r}: must be a non-empty "
+                                "name without '/'")
+        bad = [b for b in self.bands if b not in "grz" or len(b) != 1]
+        if bad or len(set(self.bands)) != len(self.bands) or not self.bands:
+            raise PipelineError(f"--bands {','.join(self.bands)}: choose distinct bands among "
+                                "g, r, z (the manifest has colours for these only)")
+        if "r" not in self.bands:
+            raise PipelineError(f"--bands {','.join(self.bands)}: must include r (arc_snr, "
+                                "src_dmag and the PSF fallback are defined on r)")
+        if self.stamp_size < 16 or self.stamp_size % 2:
+            raise PipelineError(f"--stamp-size {self.stamp_size}: must be an even integer >= 16")
+        for name in ("batch_size", "workers"):
+            if getattr(self, name) < 1:
+                raise PipelineError(f"--{name.replace('_', '-')} {getattr(self, name)}: must "
+                                    "be >= 1")
+        if self.psf_model not in ("gaussian", "moffat"):
+            raise PipelineError(f"--psf-model {self.psf_model}: choose gaussian or moffat")
+        if not (math.isfinite(self.moffat_beta) and self.moffat_beta > 1):
+            raise PipelineError(f"--moffat-beta {self.moffat_beta}: must be > 1")
+
+
+@dataclass
+class Unit:
+    """A few whole bricks of the manifest: rows (manifest indices, manifest order within each
+    brick) and the partitions it writes."""
+    index: int
+    rows: np.ndarray
+    bricks: list
+    splits: tuple
+
+    @property
+    def uid(self) -> str:
+        return f"{self.index:06d}"
+
+
+@dataclass
+class RunSummary:
+    out: str
+    experiment_id: str
+    units: int
+    units_done_before: int
+    rows: int
+    ok: int
+    controls: int
+    errors: int
+    seconds: float
+    timings: dict = field(default_factory=dict)
+    error_reasons: dict = field(default_factory=dict)
+
+
+def _partition(split) -> str:
+    return split if split in SPLITS else INVALID_SPLIT
+
+
+def plan_units(table: pa.Table, unit_rows: int = UNIT_ROWS) -> list:
+    """Deterministic work units: bricks ordered by (partition, brickname), a null or empty
+    brickname being its own group, rows of a brick in manifest order; a unit takes whole
+    bricks until it holds at least ``unit_rows`` rows."""
+    import pyarrow.compute as pc
+
+    n = table.num_rows
+    if n == 0:
+        return []
+    brick = pc.fill_null(table["brickname"].cast(pa.string()), "")
+    split = [_partition(s) for s in table["region_split"].cast(pa.string()).to_pylist()]
+    enc = pc.dictionary_encode(brick).combine_chunks()
+    names = enc.dictionary.to_pylist()
+    codes = enc.indices.to_numpy(zero_copy_only=False)
+    sp_names = sorted(set(split))
+    sp_code = np.asarray([sp_names.index(s) for s in split], dtype=np.int64)
+    name_rank = np.empty(len(names), dtype=np.int64)
+    name_rank[np.argsort(np.asarray(names, dtype=object), kind="stable")] = np.arange(len(names))
+    # A brick appearing under two splits (a manifest bug) is one group per (split, brick).
+    order = np.lexsort((np.arange(n), name_rank[codes], sp_code))
+    key = sp_code[order] * len(names) + name_rank[codes[order]]
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    ends = np.r_[starts[1:], n]
+    units, rows, bricks, parts = [], [], [], set()
+    count = 0
+    for a, b in zip(starts, ends):
+        rows.append(order[a:b])
+        bricks.append(names[codes[order[a]]])
+        parts.add(sp_names[sp_code[order[a]]])
+        count += b - a
+        if count >= unit_rows:
+            units.append(Unit(len(units), np.concatenate(rows), bricks, tuple(sorted(parts))))
+            rows, bricks, parts, count = [], [], set(), 0
+    if rows:
+        units.append(Unit(len(units), np.concatenate(rows), bricks, tuple(sorted(parts))))
+    return units
+
+
+def manifest_fingerprint(table: pa.Table) -> str:
+    """sha256 of the manifest's content (Arrow IPC stream), to tell a restart on the same
+    manifest from one on another."""
+    h = hashlib.sha256()
+
+    class _Sink:
+        closed = False
+
+        def write(self, b):
+            h.update(b)
+            return len(b)
+
+        def flush(self):
+            pass
+
+    with pa.ipc.new_stream(pa.PythonFile(_Sink(), mode="w"), table.schema) as w:
+        for batch in table.to_batches(max_chunksize=65536):
+            w.write_batch(batch)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- one unit
+@dataclass
+class UnitData:
+    """The rows of a unit on their way through: inputs read ahead, results filled in."""
+    unit: Unit
+    table: pa.Table          # manifest rows of the unit (all columns)
+    cols: dict               # tasks.read_columns(table)
+    error: list              # None or the one-line reason, per row
+    image: np.ndarray        # float32 [n, B, S, S]: the cutout, then the injected stamp
+    invvar: np.ndarray
+    maskbits: np.ndarray
+    pixscale: np.ndarray     # [n]
+    lens_offset: np.ndarray  # [n, 2]
+    edge: np.ndarray         # [n] bool
+    psf_fwhm: np.ndarray     # [n, B]
+    psf_source: np.ndarray   # [n, B] int8, -1 unresolved
+    results: dict            # metric name -> [n] or [n, B], NaN where not computed
+    read_s: float = 0.0
+    pending: int = 0         # rows still in the engine
+
+    @property
+    def good(self) -> np.ndarray:
+        return np.array([e is None for e in self.error], dtype=bool)
+
+
+def read_unit(unit: Unit, manifest, source: CoaddSource, opts: RunOptions) -> UnitData:
+    """Cut the stamps of every valid row of ``unit`` and resolve their PSF (SPEC 3). Never
+    raises for data problems: a failing brick fails its rows."""
+    t0 = time.perf_counter()
+    table = manifest.table.take(pa.array(unit.rows))
+    n, nb, s = table.num_rows, len(opts.bands), opts.stamp_size
+    error = [manifest.errors[i] for i in unit.rows]
+    d = UnitData(
+        unit=unit, table=table, cols=T.read_columns(table), error=error,
+        image=np.zeros((n, nb, s, s), np.float32), invvar=np.zeros((n, nb, s, s), np.float32),
+        maskbits=np.zeros((n, s, s), np.int32), pixscale=np.full(n, np.nan),
+        lens_offset=np.zeros((n, 2)), edge=np.zeros(n, bool),
+        psf_fwhm=np.full((n, nb), np.nan), psf_source=np.full((n, nb), -1, np.int8),
+        results={})
+    bricks = np.asarray(table["brickname"].to_pylist(), dtype=object)
+    ra = table["ra"].to_numpy(zero_copy_only=False).astype(np.float64)
+    dec = table["dec"].to_numpy(zero_copy_only=False).astype(np.float64)
+    map_fwhm = np.full((n, nb), np.nan)
+    for brick in unit.bricks:
+        rows = np.flatnonzero((bricks == brick) & d.good)
+        if brick == "" or rows.size == 0:
+            continue
+        try:
+            st = cut_brick(source, brick, ra[rows], dec[rows], s, opts.bands,
+                           psfsize=opts.use_psfsize_maps)
+        except Exception as exc:  # noqa: BLE001 - a failing brick fails its rows, not the run
+            msg = " ".join(f"{type(exc).__name__}: {exc}".split())
+            for i in rows:
+                error[i] = f"brick {brick}: unexpected error while reading: {msg}"
+            continue
+        d.image[rows], d.invvar[rows], d.maskbits[rows] = st.image, st.invvar, st.maskbits
+        d.pixscale[rows], d.lens_offset[rows], d.edge[rows] = st.pixscale, st.lens_offset, st.edge
+        map_fwhm[rows] = st.psfsize
+        for i, e in zip(rows, st.error):
+            if e is not None:
+                error[i] = e
+    good = d.good
+    manifest_fwhm = {b: d.table[f"psfsize_{b}"].to_numpy(zero_copy_only=False).astype(float)
+                     for b in "grz"}
+    maps = {b: map_fwhm[:, k] for k, b in enumerate(opts.bands)}
+    psf = resolve_psf_fwhm(opts.bands, manifest_fwhm, maps,
+                           use_psfsize_maps=opts.use_psfsize_maps)
+    d.psf_fwhm[good], d.psf_source[good] = psf.fwhm[good], psf.source[good]
+    for i in np.flatnonzero(good & ~psf.ok):
+        error[i] = psf.error[i]
+    for name in ("magnification", "arc_snr", "arc_snr_opt", "bad_pixel_frac",
+                 "wise_brightmask_frac"):
+        d.results[name] = np.full(n, np.nan)
+    d.results["total_injected_flux"] = np.full((n, nb), np.nan)
+    d.read_s = time.perf_counter() - t0
+    return d
+
+
+def _f64(values, valid) -> pa.Array:
+    return pa.array(np.asarray(values, dtype=np.float64), mask=~np.asarray(valid, bool))
+
+
+def metrics_table(d: UnitData, bands, rows: np.ndarray) -> pa.Table:
+    """The metrics dataset of SPEC 5 for ``rows`` of a unit: every manifest column (but
+    region_split, which the partition folder holds), then the outcome, the PSF used and the
+    metrics; arc metrics null for CONTROL and error rows, every computed column null for
+    error rows."""
+    ok = d.good[rows]
+    control = d.cols["lens_model"][rows] == "CONTROL"
+    arc = ok & ~control
+    t = d.table.take(pa.array(rows)).drop_columns(["region_split"])
+    cols = {name: t[name] for name in t.column_names}
+    cols["cutout_ok"] = pa.array(ok.astype(np.int8))
+    cols["error"] = pa.array([d.error[i] for i in rows], pa.string())
+    src = d.psf_source[rows]
+    for k, b in enumerate(bands):
+        cols[f"psf_fwhm_used_{b}"] = _f64(d.psf_fwhm[rows, k], ok)
+        cols[f"psf_source_{b}"] = pa.array(src[:, k], pa.int8(), mask=~ok)
+    res = d.results
+    for name in ("arc_snr", "arc_snr_opt", "magnification"):
+        cols[name] = _f64(res[name][rows], arc)
+    for k, b in enumerate(bands):
+        cols[f"total_injected_flux_{b}"] = _f64(res["total_injected_flux"][rows, k], arc)
+    for name in ("bad_pixel_frac", "wise_brightmask_frac"):
+        cols[name] = _f64(res[name][rows], ok)
+    cols["stamp_edge"] = pa.array(d.edge[rows], mask=~ok)
+    cols["lens_offset_x_pix"] = _f64(d.lens_offset[rows, 0], ok)
+    cols["lens_offset_y_pix"] = _f64(d.lens_offset[rows, 1], ok)
+    return pa.table(cols)
+
+
+def write_unit(d: UnitData, store: Store, opts: RunOptions) -> float:
+    """Write every part of a unit (stamps first, then metrics); returns the seconds taken.
+    PipelineError when the output cannot be written."""
+    t0 = time.perf_counter()
+    try:
+        _write_parts(d, store, opts)
+    except Exception as exc:  # noqa: BLE001 - output not writable: fatal, one line
+        raise PipelineError(f"--out {opts.out}: cannot write unit {d.unit.uid}: "
+                            f"{' '.join(f'{type(exc).__name__}: {exc}'.split())}") from None
+    return time.perf_counter() - t0
+
+
+def _write_parts(d: UnitData, store: Store, opts: RunOptions):
+    split = np.asarray([_partition(s) for s in d.table["region_split"].to_pylist()])
+    ok = d.good
+    for part in d.unit.splits:
+        rows = np.flatnonzero(split == part)
+        t = d.table.take(pa.array(rows))
+        stamps = stamps_table(*(t[c].to_pylist() for c in
+                                ("task_id", "brickname", "ra", "dec", "lens_model")),
+                              opts.bands, d.image[rows], d.invvar[rows], d.maskbits[rows],
+                              ok[rows])
+        store.write_part(stamps, store.part("stamps", opts.experiment_id, part, d.unit.uid))
+        store.write_part(metrics_table(d, opts.bands, rows),
+                         store.part("metrics", opts.experiment_id, part, d.unit.uid))
+
+
+# --------------------------------------------------------------------------- the run
+def _expected_parts(unit: Unit, store: Store, experiment_id: str) -> list:
+    return [store.part(ds, experiment_id, part, unit.uid)
+            for part in unit.splits for ds in ("stamps", "metrics")]
+
+
+def _versions() -> dict:
+    import astropy
+    import numba
+
+    v = {"gpu_inject": __version__, "python": platform.python_version(),
+         "numpy": np.__version__, "numba": numba.__version__, "pyarrow": pa.__version__,
+         "astropy": astropy.__version__}
+    for mod in ("fitsio", "cupy", "numba_cuda", "s3fs", "fsspec"):
+        try:
+            v[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001 - absent optional module
+            pass
+    return v
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _options_record(opts: RunOptions) -> dict:
+    rec = asdict(opts)
+    rec["bands"] = ",".join(opts.bands)
+    return rec
+
+
+def _check_previous(prev, opts: RunOptions, fingerprint: str, out: str):
+    """Refuse a restart whose output-changing options differ from the stored ones."""
+    if prev is None or opts.force:
+        return
+    if prev.get("experiment_id") != opts.experiment_id:
+        raise PipelineError(
+            f"--out {out} holds experiment {prev.get('experiment_id')!r} "
+            f"({CONFIG_NAME}); use another --out for {opts.experiment_id!r}, or --force")
+    old, new = prev.get("options", {}), _options_record(opts)
+    diff = [f"--{k.replace('_', '-')} {old.get(k)!r} -> {new[k]!r}" for k in COMPARED_OPTIONS
+            if old.get(k) != new[k]]
+    if prev.get("manifest", {}).get("fingerprint") != fingerprint:
+        diff.append("manifest content changed")
+    if diff:
+        raise PipelineError(f"experiment {opts.experiment_id!r} in {out} was run with other "
+                            f"options ({'; '.join(diff)}): rerun with the same options to "
+                            "resume, or add --force to start over")
+
+
+class _Progress:
+    """A tqdm bar on a terminal; a plain log line every ``every`` seconds otherwise."""
+
+    def __init__(self, total_rows, total_bricks, enabled=None, every=10.0, stream=None):
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty() if enabled is None else enabled
+        self.total, self.total_bricks = total_rows, total_bricks
+        self.rows = self.bricks = self.errors = 0
+        self.t0 = self.last = time.perf_counter()
+        self.every = every
+        self.bar = None
+        if self.tty:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_rows, unit="stamp", file=self.stream, smoothing=0.1)
+
+    def update(self, rows, bricks, errors):
+        self.rows += rows
+        self.bricks += bricks
+        self.errors += errors
+        if self.bar is not None:
+            self.bar.update(rows)
+            self.bar.set_postfix_str(f"bricks {self.bricks}/{self.total_bricks}, "
+                                     f"errors {self.errors}", refresh=False)
+            return
+        now = time.perf_counter()
+        if now - self.last >= self.every or self.rows == self.total:
+            self.last = now
+            rate = self.rows / max(now - self.t0, 1e-9)
+            eta = (self.total - self.rows) / rate if rate > 0 else float("inf")
+            print(f"gpu-inject run: {self.rows}/{self.total} stamps, bricks "
+                  f"{self.bricks}/{self.total_bricks}, errors {self.errors}, "
+                  f"{rate:,.0f} stamps/s, ETA {eta:,.0f} s", file=self.stream, flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _prefetch(units, fn, workers, depth):
+    """fn(unit) for each unit, in order, computed by ``workers`` threads at most ``depth``
+    units ahead of the consumer (memory is bounded by depth, not by the manifest)."""
+    it = iter(units)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="brick-reader") as pool:
+        futures = deque(pool.submit(fn, u) for u, _ in zip(it, range(depth)))
+        try:
+            while futures:
+                result = futures.popleft().result()
+                nxt = next(it, None)
+                if nxt is not None:
+                    futures.append(pool.submit(fn, nxt))
+                yield result
+        finally:
+            for f in futures:
+                f.cancel()
+
+
+def _run_batch(backend, segments, opts: RunOptions):
+    """Run the engine on the valid rows of ``segments`` [(UnitData, rows)] at once and put
+    the results back into their units."""
+    def cat(get):
+        return np.concatenate([get(d)[rows] for d, rows in segments])
+
+    cols = {k: cat(lambda d, k=k: d.cols[k]) for k in segments[0][0].cols}
+    res = engine.inject_batch(
+        backend, cols, cat(lambda d: d.psf_fwhm), cat(lambda d: d.image),
+        cat(lambda d: d.invvar), cat(lambda d: d.maskbits), pixscale=cat(lambda d: d.pixscale),
+        bands=opts.bands, lens_offset=cat(lambda d: d.lens_offset), psf_model=opts.psf_model,
+        moffat_beta=opts.moffat_beta)
+    start = 0
+    for d, rows in segments:
+        sl = slice(start, start + rows.size)
+        d.image[rows] = res["image"][sl]
+        for name, arr in res.items():
+            if name != "image":
+                d.results[name][rows] = arr[sl]
+        d.pending -= rows.size
+        start += rows.size
+
+
+def run(opts: RunOptions, *, progress=None, storage_options=None, log=None) -> RunSummary:
+    """``gpu-inject run``: every row of the manifest written exactly once (error rows
+    included) under ``opts.out``. PipelineError for a fatal problem."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    t_start = time.perf_counter()
+    started = _now()
+    opts.check()
+    try:
+        backend = engine.get_backend(opts.backend)
+    except engine.BackendUnavailable as exc:
+        raise PipelineError(str(exc)) from None
+    from .io.manifest import ManifestError
+
+    try:
+        manifest = read_manifest(opts.manifest, storage_options)
+    except ManifestError as exc:
+        raise PipelineError(str(exc)) from None
+    try:
+        source = CoaddSource(opts.coadd_root, opts.coadd_layout, cache_dir=opts.cache_dir)
+        source.check_root()
+    except CoaddError as exc:
+        raise PipelineError(f"--coadd-root: {exc}") from None
+    store = Store(opts.out, storage_options)
+    fingerprint = manifest_fingerprint(manifest.table)
+    try:
+        prev = store.read_json(CONFIG_NAME)
+    except Exception as exc:  # noqa: BLE001 - unreachable or unreadable output
+        raise PipelineError(f"--out {opts.out}: cannot read {CONFIG_NAME}: "
+                            f"{' '.join(str(exc).split())}") from None
+    _check_previous(prev, opts, fingerprint, opts.out)
+    units = plan_units(manifest.table)
+    config = {
+        "experiment_id": opts.experiment_id,
+        "status": "running",
+        "options": _options_record(opts),
+        "manifest": {"path": opts.manifest, "rows": manifest.table.num_rows,
+                     "fingerprint": fingerprint},
+        "plan": {"units": len(units), "unit_rows": UNIT_ROWS,
+                 "bricks": int(sum(len(u.bricks) for u in units))},
+        "backend": {"name": backend.name, "device": backend.device, "why": backend.why},
+        "versions": _versions(),
+        "host": {"machine": platform.machine(), "node": platform.node(),
+                 "cpus": os.cpu_count()},
+        "start_time": (prev or {}).get("start_time", started) if not opts.force else started,
+        "invocations": ((prev or {}).get("invocations", []) if not opts.force else []),
+    }
+    try:
+        if opts.force:
+            store.remove_experiment(opts.experiment_id)
+        store.remove_stale_temporaries(opts.experiment_id)
+        store.write_json(CONFIG_NAME, config)
+        existing = store.existing_parts(opts.experiment_id)
+    except Exception as exc:  # noqa: BLE001 - output not writable or not reachable
+        raise PipelineError(f"--out {opts.out}: {' '.join(str(exc).split())}") from None
+    todo = [u for u in units
+            if not all(p in existing for p in _expected_parts(u, store, opts.experiment_id))]
+    done_before = len(units) - len(todo)
+    log(f"gpu-inject run: {manifest.table.num_rows} rows, {len(units)} units "
+        f"({done_before} already done), backend {backend.name} ({backend.why}; "
+        f"{backend.device})")
+
+    timings = {"read_s": 0.0, "engine_s": 0.0, "write_s": 0.0}
+    bar = _Progress(int(sum(u.rows.size for u in todo)),
+                    int(sum(len(u.bricks) for u in todo)), enabled=progress)
+    written = deque()
+    lock = threading.Lock()
+
+    def finish(d):
+        timings["write_s"] += write_unit(d, store, opts)
+        with lock:
+            bar.update(d.unit.rows.size, len(d.unit.bricks), int((~d.good).sum()))
+
+    waiting = deque()           # units whose rows are (partly) in the engine, in plan order
+    queue = []                  # (UnitData, rows) not yet sent to the engine
+    queued = 0
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer") as writer:
+        def flush(limit):
+            nonlocal queue, queued
+            while queued >= limit and queued > 0:
+                take, segs = min(opts.batch_size, queued), []
+                while take:
+                    d, rows = queue[0]
+                    k = min(take, rows.size)
+                    segs.append((d, rows[:k]))
+                    if k == rows.size:
+                        queue.pop(0)
+                    else:
+                        queue[0] = (d, rows[k:])
+                    take -= k
+                    queued -= k
+                t0 = time.perf_counter()
+                _run_batch(backend, segs, opts)
+                timings["engine_s"] += time.perf_counter() - t0
+                while waiting and waiting[0].pending == 0:
+                    written.append(writer.submit(finish, waiting.popleft()))
+                while len(written) > 2:   # bound what waits for the writer
+                    written.popleft().result()
+
+        depth = 2 * opts.workers
+        for d in _prefetch(todo, lambda u: read_unit(u, manifest, source, opts),
+                           opts.workers, depth):
+            timings["read_s"] += d.read_s
+            rows = np.flatnonzero(d.good)
+            d.pending = rows.size
+            waiting.append(d)
+            if rows.size:
+                queue.append((d, rows))
+                queued += rows.size
+            flush(opts.batch_size)
+            while waiting and waiting[0].pending == 0:
+                written.append(writer.submit(finish, waiting.popleft()))
+        flush(1)
+        for f in written:
+            f.result()
+    bar.close()
+
+    counts, reasons = count_rows(store, opts.experiment_id, manifest.table)
+    wall = time.perf_counter() - t_start
+    rows_done = int(sum(u.rows.size for u in todo))
+    timings.update(wall_s=wall, rows=rows_done,
+                   stamps_per_s=rows_done / wall if wall > 0 else 0.0)
+    config.update(status="complete", end_time=_now(), counts=counts,
+                  error_reasons=reasons, timings=timings)
+    config["invocations"] = config["invocations"] + [
+        {"start_time": started, "end_time": config["end_time"], "units_run": len(todo),
+         "units_done_before": done_before, **timings}]
+    store.write_json(CONFIG_NAME, config)
+    return RunSummary(out=opts.out, experiment_id=opts.experiment_id, units=len(units),
+                      units_done_before=done_before, rows=counts["in"], ok=counts["ok"],
+                      controls=counts["controls"], errors=counts["errors"], seconds=wall,
+                      timings=timings, error_reasons=reasons)
+
+
+def count_rows(store: Store, experiment_id: str, manifest: pa.Table):
+    """Counts over the finished metrics dataset ({in, ok, injections, controls, errors}) and
+    the error reasons with their counts; PipelineError unless the task ids written are the
+    manifest's, each as many times as there (once, but for duplicate-id error rows)."""
+    import pyarrow.dataset as ds
+
+    paths = sorted(p for p in store.existing_parts(experiment_id)
+                   if f"/metrics/{experiment_id}/" in p.replace(os.sep, "/"))
+    fs = store.fs if store.remote else None
+    keys = [p[5:] for p in paths] if store.remote else paths
+    t = ds.dataset(keys, format="parquet", filesystem=fs).to_table(
+        columns=["task_id", "lens_model", "cutout_ok", "error"])
+    n = t.num_rows
+
+    def ids(table):
+        return np.sort(np.asarray(table["task_id"].to_pylist(), dtype=object).astype(str))
+
+    if n != manifest.num_rows or not np.array_equal(ids(t), ids(manifest)):
+        raise PipelineError(f"experiment {experiment_id}: {n} rows written for "
+                            f"{manifest.num_rows} manifest rows, or not the same task ids")
+    ok = t["cutout_ok"].to_numpy(zero_copy_only=False) == 1
+    control = np.asarray(t["lens_model"].to_pylist(), dtype=object) == "CONTROL"
+    reasons = {}
+    for e in t["error"].to_pylist():
+        if e is not None:
+            reasons[e] = reasons.get(e, 0) + 1
+    counts = {"in": n, "ok": int(ok.sum()), "injections": int((ok & ~control).sum()),
+              "controls": int((ok & control).sum()), "errors": int((~ok).sum())}
+    return counts, dict(sorted(reasons.items(), key=lambda kv: -kv[1]))
