@@ -126,9 +126,11 @@ def _print_summary(summary):
 @click.option("--force", is_flag=True, help="Start over: delete this experiment's parts.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar (default: on a terminal; log lines otherwise).")
+@click.option("--unit-rows", type=int, default=256, show_default=True,
+              help="Rows per work unit (whole bricks; one part per unit and split).")
 def run(manifest, coadd_root, out, experiment_id, bands, stamp_size, backend, batch_size,
         workers, coadd_layout, use_psfsize_maps, psf_model, moffat_beta, cache_dir, force,
-        progress):
+        progress, unit_rows):
     """Inject arcs for every row of a manifest; write stamps and metrics as Parquet."""
     from .pipeline import PipelineError, RunOptions
     from .pipeline import run as run_pipeline
@@ -138,7 +140,7 @@ def run(manifest, coadd_root, out, experiment_id, bands, stamp_size, backend, ba
                       backend=backend, batch_size=batch_size, workers=workers,
                       coadd_layout=coadd_layout, use_psfsize_maps=use_psfsize_maps,
                       psf_model=psf_model, moffat_beta=moffat_beta, cache_dir=cache_dir,
-                      force=force)
+                      force=force, unit_rows=unit_rows)
     try:
         summary = run_pipeline(opts, progress=progress)
     except PipelineError as exc:

@@ -34,14 +34,14 @@ from .io.psf import resolve_psf_fwhm
 from .io.writer import Store, stamps_table
 
 CONFIG_NAME = "_stage_config.json"
-#: A unit closes once it holds this many rows (whole bricks only). Fixed, not an option:
-#: unit ids must not change between a run and its restart.
+#: A unit closes once it holds this many rows (whole bricks only). Unit ids depend on it,
+#: so a restart with another value is refused like any output-changing option.
 UNIT_ROWS = 256
 #: Partition of rows whose region_split is not train, val or test (error rows).
 INVALID_SPLIT = "invalid"
 #: Options whose change alters the output: a restart with other values is refused.
 COMPARED_OPTIONS = ("manifest", "coadd_root", "coadd_layout", "bands", "stamp_size",
-                    "use_psfsize_maps", "psf_model", "moffat_beta")
+                    "use_psfsize_maps", "psf_model", "moffat_beta", "unit_rows")
 
 
 class PipelineError(RuntimeError):
@@ -67,6 +67,7 @@ class RunOptions:
     moffat_beta: float = 3.5
     cache_dir: str | None = None
     force: bool = False
+    unit_rows: int = UNIT_ROWS
 
     def check(self):
         """PipelineError naming the first bad option."""
@@ -82,7 +83,7 @@ class RunOptions:
                                 "src_dmag and the PSF fallback are defined on r)")
         if self.stamp_size < 16 or self.stamp_size % 2:
             raise PipelineError(f"--stamp-size {self.stamp_size}: must be an even integer >= 16")
-        for name in ("batch_size", "workers"):
+        for name in ("batch_size", "workers", "unit_rows"):
             if getattr(self, name) < 1:
                 raise PipelineError(f"--{name.replace('_', '-')} {getattr(self, name)}: must "
                                     "be >= 1")
@@ -227,7 +228,7 @@ def read_unit(unit: Unit, manifest, source: CoaddSource, opts: RunOptions) -> Un
     ra = table["ra"].to_numpy(zero_copy_only=False).astype(np.float64)
     dec = table["dec"].to_numpy(zero_copy_only=False).astype(np.float64)
     map_fwhm = np.full((n, nb), np.nan)
-    for brick in unit.bricks:
+    for brick in dict.fromkeys(unit.bricks):   # a brick listed under two splits: read once
         rows = np.flatnonzero((bricks == brick) & d.good)
         if brick == "" or rows.size == 0:
             continue
@@ -482,14 +483,14 @@ def run(opts: RunOptions, *, progress=None, storage_options=None, log=None) -> R
         raise PipelineError(f"--out {opts.out}: cannot read {CONFIG_NAME}: "
                             f"{' '.join(str(exc).split())}") from None
     _check_previous(prev, opts, fingerprint, opts.out)
-    units = plan_units(manifest.table)
+    units = plan_units(manifest.table, opts.unit_rows)
     config = {
         "experiment_id": opts.experiment_id,
         "status": "running",
         "options": _options_record(opts),
         "manifest": {"path": opts.manifest, "rows": manifest.table.num_rows,
                      "fingerprint": fingerprint},
-        "plan": {"units": len(units), "unit_rows": UNIT_ROWS,
+        "plan": {"units": len(units), "unit_rows": opts.unit_rows,
                  "bricks": int(sum(len(u.bricks) for u in units))},
         "backend": {"name": backend.name, "device": backend.device, "why": backend.why},
         "versions": _versions(),
