@@ -210,13 +210,15 @@ class UnitData:
         return np.array([e is None for e in self.error], dtype=bool)
 
 
-def read_unit(unit: Unit, manifest, source: CoaddSource, opts: RunOptions) -> UnitData:
-    """Cut the stamps of every valid row of ``unit`` and resolve their PSF (SPEC 3). Never
-    raises for data problems: a failing brick fails its rows."""
+def read_unit(unit: Unit, table: pa.Table, errors: list, source: CoaddSource,
+              opts: RunOptions) -> UnitData:
+    """Cut the stamps of every valid row of ``unit`` (``table``: its manifest rows, ``errors``:
+    their manifest errors) and resolve their PSF (SPEC 3). Never raises for data problems: a
+    failing brick fails its rows. Rows of a brick at the same (ra, dec), as an injection and
+    its CONTROL, are cut once."""
     t0 = time.perf_counter()
-    table = manifest.table.take(pa.array(unit.rows))
     n, nb, s = table.num_rows, len(opts.bands), opts.stamp_size
-    error = [manifest.errors[i] for i in unit.rows]
+    error = list(errors)
     d = UnitData(
         unit=unit, table=table, cols=T.read_columns(table), error=error,
         image=np.zeros((n, nb, s, s), np.float32), invvar=np.zeros((n, nb, s, s), np.float32),
@@ -232,22 +234,26 @@ def read_unit(unit: Unit, manifest, source: CoaddSource, opts: RunOptions) -> Un
         rows = np.flatnonzero((bricks == brick) & d.good)
         if brick == "" or rows.size == 0:
             continue
+        pos, first, back = np.unique(np.stack([ra[rows], dec[rows]], axis=1), axis=0,
+                                     return_index=True, return_inverse=True)
+        back = back.reshape(-1)
         try:
-            st = cut_brick(source, brick, ra[rows], dec[rows], s, opts.bands,
+            st = cut_brick(source, brick, pos[:, 0], pos[:, 1], s, opts.bands,
                            psfsize=opts.use_psfsize_maps)
         except Exception as exc:  # noqa: BLE001 - a failing brick fails its rows, not the run
             msg = " ".join(f"{type(exc).__name__}: {exc}".split())
             for i in rows:
                 error[i] = f"brick {brick}: unexpected error while reading: {msg}"
             continue
-        d.image[rows], d.invvar[rows], d.maskbits[rows] = st.image, st.invvar, st.maskbits
-        d.pixscale[rows], d.lens_offset[rows], d.edge[rows] = st.pixscale, st.lens_offset, st.edge
-        map_fwhm[rows] = st.psfsize
-        for i, e in zip(rows, st.error):
-            if e is not None:
-                error[i] = e
+        d.image[rows], d.invvar[rows], d.maskbits[rows] = (st.image[back], st.invvar[back],
+                                                           st.maskbits[back])
+        d.pixscale[rows], d.lens_offset[rows] = st.pixscale, st.lens_offset[back]
+        d.edge[rows], map_fwhm[rows] = st.edge[back], st.psfsize[back]
+        for i, k in zip(rows, back):
+            if st.error[k] is not None:
+                error[i] = st.error[k]
     good = d.good
-    manifest_fwhm = {b: d.table[f"psfsize_{b}"].to_numpy(zero_copy_only=False).astype(float)
+    manifest_fwhm = {b: table[f"psfsize_{b}"].to_numpy(zero_copy_only=False).astype(float)
                      for b in "grz"}
     maps = {b: map_fwhm[:, k] for k, b in enumerate(opts.bands)}
     psf = resolve_psf_fwhm(opts.bands, manifest_fwhm, maps,
@@ -412,18 +418,25 @@ class _Progress:
             self.bar.close()
 
 
-def _prefetch(units, fn, workers, depth):
-    """fn(unit) for each unit, in order, computed by ``workers`` threads at most ``depth``
-    units ahead of the consumer (memory is bounded by depth, not by the manifest)."""
-    it = iter(units)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="brick-reader") as pool:
-        futures = deque(pool.submit(fn, u) for u, _ in zip(it, range(depth)))
+def _prefetch(jobs, fn, workers, depth):
+    """fn(*job) for each job, in order, computed by ``workers`` processes at most ``depth``
+    jobs ahead of the consumer (memory is bounded by depth, not by the manifest).
+
+    Processes, not threads: the FITS decoders (cfitsio through fitsio, astropy) hold the GIL,
+    so reader threads would take turns. Started with ``spawn``: the parent runs Numba's
+    thread pool, which is not safe to fork."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    it = iter(jobs)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        futures = deque(pool.submit(fn, *job) for _, job in zip(range(depth), it))
         try:
             while futures:
                 result = futures.popleft().result()
                 nxt = next(it, None)
                 if nxt is not None:
-                    futures.append(pool.submit(fn, nxt))
+                    futures.append(pool.submit(fn, *nxt))
                 yield result
         finally:
             for f in futures:
@@ -552,8 +565,9 @@ def run(opts: RunOptions, *, progress=None, storage_options=None, log=None) -> R
                     written.popleft().result()
 
         depth = 2 * opts.workers
-        for d in _prefetch(todo, lambda u: read_unit(u, manifest, source, opts),
-                           opts.workers, depth):
+        jobs = ((u, manifest.table.take(pa.array(u.rows)),
+                 [manifest.errors[i] for i in u.rows], source, opts) for u in todo)
+        for d in _prefetch(jobs, read_unit, opts.workers, depth):
             timings["read_s"] += d.read_s
             rows = np.flatnonzero(d.good)
             d.pending = rows.size

@@ -18,7 +18,7 @@ gate = J.gate
 refine_pixel = J.refine_pixel
 
 
-@numba.njit(parallel=True, cache=True, error_model="numpy")
+@numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy")
 def render_batch(params, origin, size, eps_gate, eps_abs, eps_rel, eps_cusp, max_level, out):
     """Pixel integrals of the lensed source for each stamp, at unit source flux.
 

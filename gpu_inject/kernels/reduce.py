@@ -22,7 +22,7 @@ BAD_BITS = sum(1 << b for b in BAD_BIT_NUMBERS)    # 0xCFE
 WISE_BITS = sum(1 << b for b in WISE_BIT_NUMBERS)  # 0x300
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, nogil=True)
 def _arc_snr(arc, invvar, out):
     for k in numba.prange(arc.shape[0]):
         flux = 0.0
@@ -36,7 +36,7 @@ def _arc_snr(arc, invvar, out):
         out[k] = flux / np.sqrt(var) if var > 0.0 else 0.0
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, nogil=True)
 def _arc_snr_opt(arc, invvar, out):
     for k in numba.prange(arc.shape[0]):
         s = 0.0
@@ -48,7 +48,7 @@ def _arc_snr_opt(arc, invvar, out):
         out[k] = np.sqrt(s)
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, nogil=True)
 def _mask_fractions(maskbits, invvar, bad_out, wise_out):
     npix = maskbits.shape[1]
     nband = invvar.shape[1]
@@ -70,14 +70,14 @@ def _mask_fractions(maskbits, invvar, bad_out, wise_out):
         wise_out[k] = nwise / npix
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, nogil=True)
 def _inject(cutout, arc, out):
     for k in numba.prange(cutout.shape[0]):
         for p in range(cutout.shape[1]):
             out[k, p] = np.float32(cutout[k, p]) + np.float32(arc[k, p])
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, nogil=True)
 def _row_sums(a, out):
     for k in numba.prange(a.shape[0]):
         s = 0.0
