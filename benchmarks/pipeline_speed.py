@@ -126,7 +126,7 @@ def main(argv=None):
           f"{res['stamps_per_s_per_core']:.0f} per core ({cores} cores)")
     print(f"time: engine {res['engine_share']:.0%} of wall, writing {res['write_share']:.0%}, "
           f"brick reading {res['read_thread_s']:.2f} "
-          f"thread-s ({res['read_thread_share']:.0%} of wall, in {a.workers} reader threads "
+          f"thread-s ({res['read_thread_share']:.0%} of wall, in {a.workers} reader processes "
           f"overlapping the engine); peak RSS {res['peak_rss_mib']:.0f} MiB")
     if a.json_path:
         with open(a.json_path, "w") as f:

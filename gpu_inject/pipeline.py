@@ -194,7 +194,7 @@ class UnitData:
     cols: dict               # tasks.read_columns(table)
     error: list              # None or the one-line reason, per row
     image: np.ndarray        # float32 [n, B, S, S]: the cutout, then the injected stamp
-    invvar: np.ndarray
+    invvar: np.ndarray       # (image, invvar, maskbits: None when no row of the unit is ok)
     maskbits: np.ndarray
     pixscale: np.ndarray     # [n]
     lens_offset: np.ndarray  # [n, 2]
@@ -265,6 +265,8 @@ def read_unit(unit: Unit, table: pa.Table, errors: list, source: CoaddSource,
                  "wise_brightmask_frac"):
         d.results[name] = np.full(n, np.nan)
     d.results["total_injected_flux"] = np.full((n, nb), np.nan)
+    if not good.any():   # nothing to inject or write: do not ship n empty stamps around
+        d.image = d.invvar = d.maskbits = None
     d.read_s = time.perf_counter() - t0
     return d
 
@@ -320,10 +322,11 @@ def _write_parts(d: UnitData, store: Store, opts: RunOptions):
     for part in d.unit.splits:
         rows = np.flatnonzero(split == part)
         t = d.table.take(pa.array(rows))
+        arrays = ((None,) * 3 if d.image is None or not ok[rows].any()
+                  else (d.image[rows], d.invvar[rows], d.maskbits[rows]))
         stamps = stamps_table(*(t[c].to_pylist() for c in
                                 ("task_id", "brickname", "ra", "dec", "lens_model")),
-                              opts.bands, d.image[rows], d.invvar[rows], d.maskbits[rows],
-                              ok[rows])
+                              opts.bands, *arrays, ok[rows], size=opts.stamp_size)
         store.write_part(stamps, store.part("stamps", opts.experiment_id, part, d.unit.uid))
         store.write_part(metrics_table(d, opts.bands, rows),
                          store.part("metrics", opts.experiment_id, part, d.unit.uid))
@@ -542,6 +545,13 @@ def run(opts: RunOptions, *, progress=None, storage_options=None, log=None) -> R
     queue = []                  # (UnitData, rows) not yet sent to the engine
     queued = 0
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer") as writer:
+        def write_ready():
+            """Hand finished units to the writer, in plan order; at most 2 wait for it."""
+            while waiting and waiting[0].pending == 0:
+                written.append(writer.submit(finish, waiting.popleft()))
+                while len(written) > 2:
+                    written.popleft().result()
+
         def flush(limit):
             nonlocal queue, queued
             while queued >= limit and queued > 0:
@@ -559,10 +569,7 @@ def run(opts: RunOptions, *, progress=None, storage_options=None, log=None) -> R
                 t0 = time.perf_counter()
                 _run_batch(backend, segs, opts)
                 timings["engine_s"] += time.perf_counter() - t0
-                while waiting and waiting[0].pending == 0:
-                    written.append(writer.submit(finish, waiting.popleft()))
-                while len(written) > 2:   # bound what waits for the writer
-                    written.popleft().result()
+                write_ready()
 
         depth = 2 * opts.workers
         jobs = ((u, manifest.table.take(pa.array(u.rows)),
@@ -576,8 +583,7 @@ def run(opts: RunOptions, *, progress=None, storage_options=None, log=None) -> R
                 queue.append((d, rows))
                 queued += rows.size
             flush(opts.batch_size)
-            while waiting and waiting[0].pending == 0:
-                written.append(writer.submit(finish, waiting.popleft()))
+            write_ready()
         flush(1)
         for f in written:
             f.result()

@@ -19,22 +19,37 @@ import pyarrow.parquet as pq
 DATASETS = ("stamps", "metrics")
 
 
-def tensor_column(values: np.ndarray, ok: np.ndarray) -> pa.ExtensionArray:
+def tensor_column(values: np.ndarray, ok: np.ndarray, shape=None, dtype=None):
     """``fixed_shape_tensor`` column of values [n, *shape]; rows where ``ok`` is False are
-    null (error rows have null arrays, SPEC 5)."""
+    null (error rows have null arrays, SPEC 5). ``values`` None: every row null, of the
+    given ``shape`` and numpy ``dtype``."""
+    ok = np.asarray(ok, dtype=bool)
+    if values is None:
+        vtype = pa.from_numpy_dtype(np.dtype(dtype))
+        ttype = pa.fixed_shape_tensor(vtype, list(shape))
+        return pa.ExtensionArray.from_storage(ttype, pa.nulls(ok.size, ttype.storage_type))
     n = values.shape[0]
     shape = list(values.shape[1:])
     size = int(np.prod(shape, dtype=np.int64))
     flat = pa.array(np.ascontiguousarray(values).reshape(n * size))
-    storage = pa.FixedSizeListArray.from_arrays(flat, size, mask=pa.array(~np.asarray(ok)))
+    storage = pa.FixedSizeListArray.from_arrays(flat, size, mask=pa.array(~ok))
     return pa.ExtensionArray.from_storage(pa.fixed_shape_tensor(flat.type, shape), storage)
 
 
 def stamps_table(task_id, brickname, ra, dec, lens_model, bands, image, invvar, maskbits,
-                 ok) -> pa.Table:
+                 ok, size=None) -> pa.Table:
     """The stamps dataset of SPEC 5 for n rows: image/invvar float32 [n, B, N, N], maskbits
-    int32 [n, N, N]; rows where ``ok`` is False get null arrays."""
-    n, _, size, _ = image.shape
+    int32 [n, N, N]; rows where ``ok`` is False get null arrays. image, invvar and maskbits
+    may be None when no row is ok (``size`` then gives N)."""
+    n = len(ok)
+    size = image.shape[-1] if image is not None else size
+    nb = len(bands)
+
+    def col(values, shape, dtype):
+        if values is not None:
+            values = values.astype(dtype, copy=False)
+        return tensor_column(values, ok, shape, dtype)
+
     return pa.table({
         "task_id": pa.array(task_id, pa.int64()),
         "brickname": pa.array(brickname, pa.string()),
@@ -43,9 +58,9 @@ def stamps_table(task_id, brickname, ra, dec, lens_model, bands, image, invvar, 
         "lens_model": pa.array(lens_model, pa.string()),
         "stamp_size": pa.array(np.full(n, size, np.int32)),
         "bands": pa.array(["".join(bands)] * n, pa.string()),
-        "image": tensor_column(image.astype(np.float32, copy=False), ok),
-        "invvar": tensor_column(invvar.astype(np.float32, copy=False), ok),
-        "maskbits": tensor_column(maskbits.astype(np.int32, copy=False), ok),
+        "image": col(image, (nb, size, size), np.float32),
+        "invvar": col(invvar, (nb, size, size), np.float32),
+        "maskbits": col(maskbits, (size, size), np.int32),
     })
 
 
