@@ -1,5 +1,5 @@
 """Random injection parameters over the manifest ranges of SPEC section 6, for benchmarks,
-accuracy sweeps and tests (and, later, ``make-manifest``)."""
+accuracy sweeps, tests and ``make-manifest``."""
 import numpy as np
 
 # SPEC section 6 ranges (the user's grid, ../shared/seed/): (low, high)
@@ -15,11 +15,11 @@ SPEC_RANGES = {
 }
 
 
-def random_tasks(n, seed=0, lens_models=("SIS", "SIE")):
-    """n injection rows (dict column -> numpy array) drawn uniformly over the SPEC ranges;
-    the source centre uniform in a disc of radius 1"; colours typical of background
-    star-forming sources; lens_flux_r of a typical DESI LRG (~ r = 19.5)."""
-    rng = np.random.default_rng(seed)
+def draw_params(rng, n, lens_models=("SIS", "SIE")):
+    """The lens and source columns of n injections (dict column -> numpy array, in SPEC
+    section 4 order) drawn from the numpy Generator ``rng``: uniform over the SPEC ranges,
+    angles uniform in [0, 180) deg, the source centre uniform in a disc of radius 1",
+    colours typical of background star-forming sources."""
 
     def u(name):
         lo, hi = SPEC_RANGES[name]
@@ -28,7 +28,6 @@ def random_tasks(n, seed=0, lens_models=("SIS", "SIE")):
     r = SPEC_RANGES["src_offset_arcsec"][1] * np.sqrt(rng.uniform(0, 1, n))
     a = rng.uniform(0, 2 * np.pi, n)
     return {
-        "task_id": np.arange(n, dtype=np.int64),
         "lens_model": rng.choice(np.array(lens_models, dtype=object), n),
         "theta_e_arcsec": u("theta_e_arcsec"),
         "lens_e": u("lens_e"),
@@ -44,6 +43,16 @@ def random_tasks(n, seed=0, lens_models=("SIS", "SIE")):
         "src_y_arcsec": r * np.sin(a),
         "src_gr": rng.uniform(0.2, 1.0, n),
         "src_rz": rng.uniform(0.0, 0.6, n),
+    }
+
+
+def random_tasks(n, seed=0, lens_models=("SIS", "SIE")):
+    """n injection rows (dict column -> numpy array): ``draw_params`` with seed ``seed``, then
+    lens_flux_r of a typical DESI LRG (~ r = 19.5) and typical DR10 PSF sizes."""
+    rng = np.random.default_rng(seed)
+    return {
+        "task_id": np.arange(n, dtype=np.int64),
+        **draw_params(rng, n, lens_models),
         "lens_flux_r": rng.uniform(10.0, 25.0, n),
         "psfsize_g": rng.uniform(1.1, 2.0, n),
         "psfsize_r": rng.uniform(0.9, 1.7, n),
