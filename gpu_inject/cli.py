@@ -148,6 +148,70 @@ def run(manifest, coadd_root, out, experiment_id, bands, stamp_size, backend, ba
     _print_summary(summary)
 
 
+def _grid_option(items):
+    """('theta_e_arcsec=0.4,0.8', 'lens_model=SIS,SIE') -> {column: [values]}."""
+    grid = {}
+    for item in items:
+        name, sep, values = item.partition("=")
+        if not sep or not values:
+            raise _Failure(f"--grid {item}: expected COLUMN=V1,V2,...")
+        vals = [v.strip() for v in values.split(",")]
+        if name.strip() != "lens_model":
+            try:
+                vals = [float(v) for v in vals]
+            except ValueError:
+                raise _Failure(f"--grid {item}: values must be numbers") from None
+        grid[name.strip()] = vals
+    return grid
+
+
+@main.command("make-manifest")
+@click.option("--catalog", required=True,
+              help="Targets: Parquet file/folder or FITS table (local or s3://) with brickname, "
+                   "ra, dec, flux_r [, psfsize_g/r/z] (any case, e.g. a DR10 sweep).")
+@click.option("--out", "out", required=True, help="Manifest Parquet file to write (or s3://).")
+@click.option("--injections-per-target", type=click.IntRange(min=0), default=1,
+              show_default=True, help="Random draws per target (per grid point with --grid).")
+@click.option("--grid", "grid", multiple=True, metavar="COLUMN=V1,V2,...",
+              help="Grid over a manifest column (repeatable; the product of all is taken); "
+                   "other columns are drawn at random over the SPEC ranges.")
+@click.option("--controls", type=click.Choice(["per-target", "per-injection", "none"]),
+              default="per-target", show_default=True, help="CONTROL rows to add.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--region-column", default=None,
+              help="Catalogue column of the region id hashed for the split (default: brickname).")
+@click.option("--split-fractions", default="0.7,0.15,0.15", show_default=True,
+              help="train,val,test shares of regions (xxhash64 of the region id).")
+@click.option("--lens-models", default="SIE", show_default=True,
+              help="Lens models drawn from (SIS, SIE; comma separated).")
+@click.option("--first-task-id", type=int, default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Replace an existing manifest file.")
+def make_manifest_cmd(catalog, out, injections_per_target, grid, controls, seed, region_column,
+                      split_fractions, lens_models, first_task_id, force):
+    """Tasks from a target catalogue: injections (grid or random draws) and CONTROLs."""
+    import os
+
+    from .make_manifest import format_summary, make_manifest, write_manifest
+
+    if not out.startswith("s3://") and os.path.exists(out) and not force:
+        raise _Failure(f"--out {out} exists: choose another path or add --force")
+    try:
+        fractions = tuple(float(f) for f in split_fractions.split(","))
+    except ValueError:
+        raise _Failure(f"--split-fractions {split_fractions}: expected three numbers, "
+                       "e.g. 0.7,0.15,0.15") from None
+    try:
+        table = make_manifest(catalog, injections_per_target=injections_per_target,
+                              grid=_grid_option(grid) or None, controls=controls, seed=seed,
+                              region_column=region_column, split_fractions=fractions,
+                              first_task_id=first_task_id,
+                              lens_models=tuple(m.strip() for m in lens_models.split(",")))
+        summary = write_manifest(table, out)
+    except ValueError as exc:
+        raise _Failure(str(exc)) from None
+    click.echo(format_summary(summary))
+
+
 def _read_targets(path):
     """(ra, dec, brickname or None) rows from a Parquet or CSV file."""
     import pyarrow.csv as pacsv

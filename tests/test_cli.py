@@ -1,6 +1,8 @@
 """The click front end: exit codes, one-line errors, the SPEC section 7 bench record."""
 import json
 
+import numpy as np
+
 import pytest
 from click.testing import CliRunner
 
@@ -69,3 +71,31 @@ def test_run_bench_counts_every_stamp_across_batches():
 def test_run_bench_rejects_bad_arguments(kw):
     with pytest.raises(ValueError, match=next(iter(kw))):
         run_bench("cpu", **{"stamps": 4, "stamp_size": 16, "repeats": 1, **kw})
+
+
+def test_make_manifest_cli_writes_a_valid_manifest_and_refuses_to_overwrite(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from gpu_inject.io.manifest import read_manifest
+
+    n = 40
+    pq.write_table(pa.table({"BRICKNAME": [f"{1000 + k % 20:04d}p100" for k in range(n)],
+                             "RA": np.linspace(100, 101, n), "DEC": np.full(n, 10.0),
+                             "FLUX_R": np.full(n, 20.0)}), tmp_path / "cat.parquet")
+    out = tmp_path / "m.parquet"
+    args = ["make-manifest", "--catalog", str(tmp_path / "cat.parquet"), "--out", str(out),
+            "--grid", "theta_e_arcsec=0.4,0.8", "--grid", "lens_model=SIS,SIE",
+            "--controls", "per-injection", "--seed", "3"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    m = read_manifest(str(out))
+    assert m.table.num_rows == n * 4 * 2 and all(e is None for e in m.errors)
+    inj = m.table.filter(pa.compute.not_equal(m.table["lens_model"], "CONTROL"))
+    assert sorted(set(inj["theta_e_arcsec"].to_pylist())) == [0.4, 0.8]
+    for split in ("train", "val", "test"):
+        assert split in r.output          # each split's share is printed
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 1 and "exists" in r.output
+    r = CliRunner().invoke(main, args[:-2] + ["--grid", "src_n=9", "--force"])
+    assert r.exit_code == 1 and "src_n" in r.output and "Traceback" not in r.output
