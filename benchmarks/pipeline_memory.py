@@ -13,7 +13,7 @@ Peak RSS is reported for the main process and for the largest reader process.
 import argparse
 import json
 import os
-import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +25,17 @@ import pyarrow.parquet as pq
 sys.path.insert(0, os.path.dirname(__file__))
 from pipeline_speed import build  # noqa: E402  (the mock bricks and their manifest)
 
-from gpu_inject.pipeline import RunOptions, run  # noqa: E402
+#: The run, as the CLI runs it, reporting its own peak RSS and its largest child's (MiB).
+CHILD = """
+import json, resource, sys
+from gpu_inject.cli import main
+try:
+    main(sys.argv[1:], standalone_mode=False)
+finally:
+    mib = lambda who: resource.getrusage(who).ru_maxrss / 1024.0
+    print(json.dumps({"self": mib(resource.RUSAGE_SELF),
+                      "children": mib(resource.RUSAGE_CHILDREN)}))
+"""
 
 
 def main(argv=None):
@@ -56,20 +66,24 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         manifest = os.path.join(tmp, "manifest.parquet")
         pq.write_table(table, manifest)
-        del table, filler, real
+        # The run gets a process of its own, so that building this manifest does not count.
+        cmd = [sys.executable, "-c", CHILD, "run", "--manifest", manifest, "--coadd-root",
+               coadd, "--out", os.path.join(tmp, "out"), "--experiment-id", "mem",
+               "--workers", str(a.workers), "--batch-size", str(a.batch_size), "--no-progress"]
         t0 = time.perf_counter()
-        s = run(RunOptions(manifest=manifest, coadd_root=coadd, out=os.path.join(tmp, "out"),
-                           experiment_id="mem", workers=a.workers, batch_size=a.batch_size),
-                progress=False, log=lambda m: None)
+        done = subprocess.run(cmd, capture_output=True, text=True)
         wall = time.perf_counter() - t0
-    kib = 1024.0
+        if done.returncode != 0:
+            sys.exit(f"run failed: {done.stderr.strip().splitlines()[-1]}")
+        usage = json.loads(done.stdout.strip().splitlines()[-1])
+        with open(os.path.join(tmp, "out", "_stage_config.json")) as f:
+            cfg = json.load(f)
     res = {
-        "benchmark": "pipeline_memory", "rows": s.rows, "rows_injected_or_cut": s.ok,
-        "error_rows": s.errors, "units": s.units, "workers": a.workers,
-        "batch_size": a.batch_size, "wall_s": wall,
-        "peak_rss_main_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / kib,
-        "peak_rss_largest_reader_mib":
-            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / kib,
+        "benchmark": "pipeline_memory", "rows": cfg["counts"]["in"],
+        "rows_injected_or_cut": cfg["counts"]["ok"], "error_rows": cfg["counts"]["errors"],
+        "units": cfg["plan"]["units"], "workers": a.workers, "batch_size": a.batch_size,
+        "wall_s": wall, "peak_rss_main_mib": usage["self"],
+        "peak_rss_largest_reader_mib": usage["children"],
     }
     print(f"{res['rows']:,} rows ({res['rows_injected_or_cut']:,} cut and injected, "
           f"{res['error_rows']:,} error rows) in {res['units']:,} units, {wall:.0f} s; peak RSS "

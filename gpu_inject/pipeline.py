@@ -547,14 +547,15 @@ def run(opts: RunOptions, *, progress=None, storage_options=None, log=None) -> R
         with lock:
             bar.update(d.unit.rows.size, len(d.unit.bricks), int((~d.good).sum()))
 
-    waiting = deque()           # units whose rows are (partly) in the engine, in plan order
+    waiting = []                # units read, not yet written
     queue = []                  # (UnitData, rows) not yet sent to the engine
     queued = 0
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer") as writer:
         def write_ready():
-            """Hand finished units to the writer, in plan order; at most 2 wait for it."""
-            while waiting and waiting[0].pending == 0:
-                written.append(writer.submit(finish, waiting.popleft()))
+            """Hand every finished unit to the writer; at most 2 wait for it."""
+            for d in [d for d in waiting if d.pending == 0]:
+                waiting.remove(d)
+                written.append(writer.submit(finish, d))
                 while len(written) > 2:
                     written.popleft().result()
 
@@ -588,7 +589,10 @@ def run(opts: RunOptions, *, progress=None, storage_options=None, log=None) -> R
             if rows.size:
                 queue.append((d, rows))
                 queued += rows.size
-            flush(opts.batch_size)
+            # A full batch goes to the engine; so does a partial one once too many units
+            # wait on it (sparse valid rows among error rows), which bounds memory. Batch
+            # composition does not change any result.
+            flush(opts.batch_size if len(waiting) <= depth else 1)
             write_ready()
         flush(1)
         for f in written:
