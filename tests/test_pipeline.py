@@ -429,3 +429,28 @@ def test_s3_manifest_coadds_and_output_through_moto(world, moto_s3, monkeypatch)
     assert r.exit_code == 0 and "done before this run" in r.output
     n_units = len(plan_units(world["table"], 8))
     assert f"units: {n_units} ({n_units} done before this run)" in r.output
+
+
+def test_progress_bar_on_a_terminal_log_lines_otherwise():
+    import io
+
+    from gpu_inject.pipeline import _Progress
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    plain = io.StringIO()
+    p = _Progress(100, 4, stream=plain, every=0.0)
+    p.update(50, 2, 1)
+    p.update(50, 2, 0)
+    p.close()
+    lines = plain.getvalue().splitlines()
+    assert len(lines) == 2 and "\r" not in plain.getvalue()
+    assert "100/100 stamps" in lines[-1] and "bricks 4/4" in lines[-1]
+    assert "errors 1" in lines[-1] and "stamps/s" in lines[-1] and "ETA" in lines[-1]
+    tty = Tty()
+    p = _Progress(100, 4, stream=tty)
+    p.update(100, 4, 3)
+    p.close()
+    assert "\r" in tty.getvalue() and "bricks 4/4, errors 3" in tty.getvalue()
