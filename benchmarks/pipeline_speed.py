@@ -38,13 +38,13 @@ def brick_name(k):
     return f"{489 + 3 * k:04d}m442"
 
 
-def build(folder, nbricks, per_brick, size, seed):
+def build(folder, nbricks, per_brick, size, seed, controls=True):
     coadd = os.path.join(folder, f"coadd{size}")
     rng = np.random.default_rng(seed)
     parts = []
     for k in range(nbricks):
         brick, real = brick_name(k), brick_name(k % REAL_BRICKS)
-        ntarget = per_brick // 2
+        ntarget = per_brick // 2 if controls else per_brick
         px, py = rng.uniform(50, size - 50, (2, ntarget))
         ra, dec = WCS(wcs_header(real, size)).pixel_to_world_values(px, py)
         real_dir = os.path.join(coadd, real[:3], real)
@@ -62,7 +62,7 @@ def build(folder, nbricks, per_brick, size, seed):
         ctrl["theta_e_arcsec"] = np.zeros(ntarget)
         for c in ("psfsize_g", "psfsize_r", "psfsize_z"):
             ctrl[c] = t[c]
-        for rows in (t, ctrl):
+        for rows in (t, ctrl) if controls else (t,):
             rows["ra"], rows["dec"] = np.asarray(ra), np.asarray(dec)
             rows["brickname"] = np.array([brick] * ntarget, dtype=object)
             rows["region_split"] = np.array([("train", "val", "test")[k % 3]] * ntarget,
@@ -72,7 +72,8 @@ def build(folder, nbricks, per_brick, size, seed):
     cols["task_id"] = np.arange(len(cols["ra"]), dtype=np.int64)
     table = pa.table({c: pa.array(list(v)) if v.dtype == object else pa.array(v)
                       for c, v in cols.items()})
-    manifest = os.path.join(folder, f"manifest-{nbricks}x{per_brick}.parquet")
+    kind = "" if controls else "-injections"
+    manifest = os.path.join(folder, f"manifest-{nbricks}x{per_brick}{kind}.parquet")
     pq.write_table(table, manifest)
     return coadd, manifest, table.num_rows
 
@@ -87,10 +88,14 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "gpu_inject_e2e"),
                     help="where the mock bricks are kept between runs")
+    ap.add_argument("--no-controls", dest="controls", action="store_false",
+                    help="every stamp an injection at its own target (default: half CONTROLs "
+                         "sharing their injection's target)")
     ap.add_argument("--json", dest="json_path")
     a = ap.parse_args(argv)
     os.makedirs(a.data, exist_ok=True)
-    coadd, manifest, rows = build(a.data, a.bricks, a.per_brick, a.size, seed=0)
+    coadd, manifest, rows = build(a.data, a.bricks, a.per_brick, a.size, seed=0,
+                                  controls=a.controls)
     _, warm_manifest, _ = build(a.data, 1, 4, a.size, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         common = dict(coadd_root=coadd, experiment_id="bench", workers=a.workers,
@@ -110,7 +115,7 @@ def main(argv=None):
     res = {
         "benchmark": "pipeline_speed", "machine": f"{platform.machine()} {platform.processor()}",
         "cpus": os.cpu_count(), "numba_threads": cores, "bricks": a.bricks,
-        "per_brick": a.per_brick, "brick_size": a.size, "rows": rows, "workers": a.workers,
+        "per_brick": a.per_brick, "controls": a.controls, "brick_size": a.size, "rows": rows, "workers": a.workers,
         "batch_size": a.batch_size, "repeats": a.repeats, "wall_s_all": wall,
         "wall_s": med["wall_s"], "stamps_per_s": rows / med["wall_s"],
         "stamps_per_s_per_core": rows / med["wall_s"] / cores,
@@ -120,7 +125,8 @@ def main(argv=None):
         "read_thread_share": med["read_s"] / med["wall_s"],
         "peak_rss_mib": peak_rss_mib(),
     }
-    print(f"{rows} stamps ({a.bricks} bricks x {a.per_brick}, {a.size}px, half CONTROL) in "
+    print(f"{rows} stamps ({a.bricks} bricks x {a.per_brick}, {a.size}px, "
+          f"{'half CONTROL' if a.controls else 'all injections'}) in "
           f"{res['wall_s']:.2f} s (median of {a.repeats}: "
           f"{', '.join(f'{w:.2f}' for w in wall)}) = {res['stamps_per_s']:.0f} stamps/s, "
           f"{res['stamps_per_s_per_core']:.0f} per core ({cores} cores)")
