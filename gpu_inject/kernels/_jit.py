@@ -10,7 +10,7 @@ import os
 import types
 from pathlib import Path
 
-from ..physics import integrate, layout, lens, sersic
+from ..physics import integrate, layout, lens, metrics, sersic
 
 # In call order: a function's callees come before it.
 PHYSICS = (
@@ -24,9 +24,15 @@ PHYSICS = (
 )
 
 
+METRICS = (
+    metrics.snr_flux, metrics.snr_var, metrics.snr, metrics.opt_term, metrics.invvar_bad,
+    metrics.mask_bad, metrics.mask_wise,
+)
+
+
 def _constants():
     ns = {"math": math}
-    for mod in (layout, lens, sersic, integrate):
+    for mod in (layout, lens, sersic, integrate, metrics):
         ns.update({k: v for k, v in vars(mod).items()
                    if k.isupper() and isinstance(v, (int, float))})
     return ns
@@ -34,14 +40,25 @@ def _constants():
 
 def compile_physics(decorate):
     """A namespace name -> compiled function, for ``decorate`` (e.g. numba.njit(...))."""
+    return compile_functions(decorate, PHYSICS)
+
+
+def compile_metrics(decorate):
+    """The per-pixel metric terms of ``physics.metrics``, compiled with ``decorate``."""
+    return compile_functions(decorate, METRICS)
+
+
+def compile_functions(decorate, functions):
+    """Each of ``functions`` (callees first) rebuilt from its code object in a namespace of
+    compiled callees and constants, and compiled with ``decorate``."""
     ns = _constants()
-    for fn in PHYSICS:
+    for fn in functions:
         clone = types.FunctionType(fn.__code__, ns, fn.__name__)
         clone.__qualname__ = fn.__qualname__
         clone.__module__ = fn.__module__
         clone.__doc__ = fn.__doc__
         ns[fn.__name__] = decorate(clone)
-    return types.SimpleNamespace(**{fn.__name__: ns[fn.__name__] for fn in PHYSICS})
+    return types.SimpleNamespace(**{fn.__name__: ns[fn.__name__] for fn in functions})
 
 
 def source_hash(root=None):

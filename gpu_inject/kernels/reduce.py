@@ -8,18 +8,15 @@ shape works, and numba specialises them for float32 and float64 inputs alike.
 import numba
 import numpy as np
 
-from ._jit import configure_numba_cache
+from ..physics import metrics
+from ._jit import compile_metrics, configure_numba_cache
 
 configure_numba_cache()  # same on-disk cache location as the other CPU kernels
 
-# DR10 maskbits (../shared/DATA_MODEL.md, "Maskbits"): 1 BRIGHT, 2-4 SATUR_{G,R,Z},
-# 5-7 ALLMASK_{G,R,Z}, 10 BAILOUT, 11 MEDIUM make a pixel bad; 8 WISEM1, 9 WISEM2 are the
-# WISE bright-star masks. Not bad: 0 NPRIMARY, 12 GALAXY, 13 CLUSTER, 14+ (DR10 i band,
-# SUB_BLOB).
-BAD_BIT_NUMBERS = (1, 2, 3, 4, 5, 6, 7, 10, 11)
-WISE_BIT_NUMBERS = (8, 9)
-BAD_BITS = sum(1 << b for b in BAD_BIT_NUMBERS)    # 0xCFE
-WISE_BITS = sum(1 << b for b in WISE_BIT_NUMBERS)  # 0x300
+M = compile_metrics(numba.njit(inline="always"))
+snr_flux, snr_var, snr, opt_term = M.snr_flux, M.snr_var, M.snr, M.opt_term
+invvar_bad, mask_bad, mask_wise = M.invvar_bad, M.mask_bad, M.mask_wise
+BAD_BITS, WISE_BITS = metrics.BAD_BITS, metrics.WISE_BITS
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -30,10 +27,9 @@ def _arc_snr(arc, invvar, out):
         for p in range(arc.shape[1]):
             a = np.float64(arc[k, p])
             w = np.float64(invvar[k, p])
-            if w > 0.0 and a * np.sqrt(w) > 1.0:
-                flux += a
-                var += 1.0 / w
-        out[k] = flux / np.sqrt(var) if var > 0.0 else 0.0
+            flux += snr_flux(a, w)
+            var += snr_var(a, w)
+        out[k] = snr(flux, var)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -41,10 +37,7 @@ def _arc_snr_opt(arc, invvar, out):
     for k in numba.prange(arc.shape[0]):
         s = 0.0
         for p in range(arc.shape[1]):
-            w = np.float64(invvar[k, p])
-            if w > 0.0:
-                a = np.float64(arc[k, p])
-                s += a * a * w
+            s += opt_term(np.float64(arc[k, p]), np.float64(invvar[k, p]))
         out[k] = np.sqrt(s)
 
 
@@ -57,14 +50,12 @@ def _mask_fractions(maskbits, invvar, bad_out, wise_out):
         nwise = 0
         for p in range(npix):
             m = np.int64(maskbits[k, p])
-            bad = (m & BAD_BITS) != 0
+            bad = mask_bad(m)
             for b in range(nband):
-                # "invvar 0": also catches negative or NaN invvar, never valid data.
-                if not invvar[k, b, p] > 0:
-                    bad = True
+                bad = bad or invvar_bad(np.float64(invvar[k, b, p]))
             if bad:
                 nbad += 1
-            if (m & WISE_BITS) != 0:
+            if mask_wise(m):
                 nwise += 1
         bad_out[k] = nbad / npix
         wise_out[k] = nwise / npix
