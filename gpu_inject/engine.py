@@ -46,6 +46,9 @@ class CpuBackend:
     """Numba-compiled loops on this machine's cores; numpy/scipy FFT for the PSF."""
     name = "cpu"
     xp = np
+    # Stamps rendered and convolved together: bounds the float64 temporaries (render grid,
+    # FFT spectra: ~1 MB per stamp) whatever the batch size, and keeps them near the caches.
+    chunk = 128
 
     def __init__(self):
         from .kernels import cpu, psf, reduce
@@ -53,6 +56,12 @@ class CpuBackend:
         self._cpu, self._psf, self.reduce = cpu, psf, reduce
         self.device = f"CPU, {numba.get_num_threads()} Numba threads"
         self.why = "asked for"
+
+    def to_device(self, a):
+        return np.asarray(a)
+
+    def to_host(self, a):
+        return a
 
     def render(self, params, origin, size, acc):
         out = np.empty((params.shape[0], size, size))
@@ -67,29 +76,123 @@ class CpuBackend:
                                        beta=beta, xp=np)
 
 
+def _one_line(exc):
+    msg = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+
+
+class GpuBackend:
+    """Numba CUDA kernels (the same physics source as the CPU) on CuPy arrays, cuFFT for the
+    PSF through the CPU's own FFT code with ``xp = cupy``; a batch stays on the device from
+    the copy of its cutouts to the copy back of its results.
+
+    Under Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``, no GPU) the same code runs on
+    numpy arrays: that is how CI tests it. ``auto`` never picks the simulator."""
+    name = "gpu"
+
+    def __init__(self):
+        from numba import config, cuda
+
+        self.simulator = bool(config.ENABLE_CUDASIM)
+        if self.simulator:
+            self.xp = np
+            self.device = "Numba CUDA simulator (no GPU: kernels run in Python on numpy arrays)"
+            self.chunk = 128
+        else:
+            try:
+                available = cuda.is_available()
+            except Exception as exc:  # noqa: BLE001 - driver or toolkit trouble
+                raise BackendUnavailable(f"--backend gpu: Numba CUDA cannot start: "
+                                         f"{_one_line(exc)}") from None
+            if not available:
+                raise BackendUnavailable("--backend gpu: no usable CUDA GPU here "
+                                         "(numba.cuda.is_available() is False)")
+            try:
+                import cupy
+            except ImportError:
+                raise BackendUnavailable("--backend gpu: CuPy is not installed "
+                                         "(pip install 'gpu_inject[gpu]')") from None
+            try:
+                dev = cupy.cuda.Device()
+                props = cupy.cuda.runtime.getDeviceProperties(dev.id)
+                free, total = dev.mem_info
+                float(cupy.arange(4, dtype=cupy.float64).sum())  # a kernel really runs
+            except Exception as exc:  # noqa: BLE001 - CuPy present but no working device
+                raise BackendUnavailable(f"--backend gpu: CuPy cannot use the GPU: "
+                                         f"{_one_line(exc)}") from None
+            self.xp = cupy
+            name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+            self.device = (f"{name}, {total / 2**30:.0f} GiB, compute capability "
+                           f"{props['major']}.{props['minor']}")
+            # Render + FFT temporaries are ~1 MB per stamp at 64x64 with its PSF margin:
+            # chunks use at most a quarter of the memory free at start.
+            self.chunk = int(max(256, min(16384, free // 4 // (1 << 20))))
+            self.stream = cupy.cuda.Stream(non_blocking=True)
+        from .kernels import cuda as kernels
+        from .kernels import psf, reduce_cuda
+
+        self._kernels, self._psf, self.reduce = kernels, psf, reduce_cuda
+        self.why = "asked for"
+
+    def to_device(self, a):
+        """Host array -> device, through pinned memory (an asynchronous copy on the
+        backend's stream) on a GPU; the array itself under the simulator."""
+        a = np.ascontiguousarray(a)
+        if self.simulator:
+            return a
+        cupy = self.xp
+        pinned = cupy.cuda.alloc_pinned_memory(a.nbytes)   # from CuPy's pinned pool
+        staging = np.frombuffer(pinned, a.dtype, a.size).reshape(a.shape)
+        staging[...] = a
+        out = cupy.empty(a.shape, a.dtype)
+        out.set(staging, stream=self.stream)
+        self.stream.synchronize()   # the staging buffer goes back to the pool after this
+        return out
+
+    def to_host(self, a):
+        if self.simulator or isinstance(a, np.ndarray):
+            return np.asarray(a)
+        return a.get()
+
+    def render(self, params, origin, size, acc):
+        return self._kernels.render(params, origin, size, acc, xp=self.xp)
+
+    def convolve_crop(self, render, fwhm_px, stamp_size, margin, model, beta):
+        return self._psf.convolve_crop(render, fwhm_px, stamp_size, margin, model=model,
+                                       beta=beta, xp=self.xp)
+
+
 def get_backend(name="auto"):
-    """The backend called ``name`` (cpu, gpu, auto), or BackendUnavailable saying why not."""
+    """The backend called ``name`` (cpu, gpu, auto), or BackendUnavailable saying why not.
+    ``auto``: the GPU when Numba CUDA and CuPy both work on a device, else the CPU; its
+    ``why`` says which and why."""
     if name == "cpu":
         return CpuBackend()
     if name == "gpu":
-        raise BackendUnavailable("--backend gpu: no GPU backend in this build yet "
-                                 "(Numba CUDA kernels arrive with issue 5); use --backend cpu")
+        return GpuBackend()
     if name == "auto":
+        from numba import config
+
+        if config.ENABLE_CUDASIM:
+            why = "the Numba CUDA simulator is not a GPU"
+        else:
+            try:
+                b = GpuBackend()
+                b.why = f"auto: GPU found ({b.device})"
+                return b
+            except BackendUnavailable as exc:
+                why = str(exc).replace("--backend gpu: ", "")
         b = CpuBackend()
-        b.why = "auto: no GPU backend in this build yet, using the CPU"
+        b.why = f"auto: using the CPU ({why})"
         return b
     raise ValueError(f"backend = {name!r}: choose auto, cpu or gpu")
-
-
-# Stamps rendered and convolved together: bounds the float64 temporaries (render grid, FFT
-# spectra: ~1 MB per stamp) whatever the batch size, and keeps them near the caches.
-CHUNK = 128
 
 
 def arcs_from_params(backend, params, flux, fwhm_px, origin_offset, stamp_size, psf_model,
                      moffat_beta, acc=DEFAULT_ACCURACY):
     """Arcs from packed parameters: (images float32 [n, B, S, S], magnification [n],
-    total_flux float64 [n, B], summed before the cast to float32).
+    total_flux float64 [n, B], summed before the cast to float32), as arrays of the
+    backend's array module (on the device for the GPU).
 
     flux: float64 [n, B] unlensed flux per band; fwhm_px [n, B] PSF FWHM in pixels (0: none);
     origin_offset [n, 2]: lens centre minus (S//2, S//2), pixels. Stamps are grouped by their
@@ -97,25 +200,27 @@ def arcs_from_params(backend, params, flux, fwhm_px, origin_offset, stamp_size, 
     from its own inputs only: results do not depend on what else is in the batch."""
     from .kernels.psf import render_size
 
+    xp = backend.xp
     n, nb = flux.shape
     s = stamp_size
-    images = np.empty((n, nb, s, s), dtype=np.float32)
-    magnification = np.empty(n)
-    total = np.empty((n, nb))
+    images = xp.empty((n, nb, s, s), dtype=xp.float32)
+    magnification = xp.empty(n)
+    total = xp.empty((n, nb))
     sizes, margins = render_size(s, fwhm_px.max(axis=1, initial=0.0))
     for size in np.unique(sizes):
         group = np.flatnonzero(sizes == size)
         margin = int(margins[group[0]])
-        for start in range(0, group.size, CHUNK):
-            idx = group[start:start + CHUNK]
+        for start in range(0, group.size, backend.chunk):
+            idx = group[start:start + backend.chunk]
+            at = xp.asarray(idx)
             origin = origin_offset[idx] + (margin + s // 2)
             render = backend.render(np.ascontiguousarray(params[idx]), origin, int(size), acc)
-            magnification[idx] = render.sum(axis=(1, 2))
+            magnification[at] = render.sum(axis=(1, 2))
             conv = backend.convolve_crop(render, fwhm_px[idx], s, margin, psf_model,
                                          moffat_beta)
-            conv *= flux[idx][:, :, None, None]
-            total[idx] = conv.sum(axis=(2, 3))
-            images[idx] = conv
+            conv *= xp.asarray(flux[idx])[:, :, None, None]
+            total[at] = conv.sum(axis=(2, 3))
+            images[at] = conv
     return images, magnification, total
 
 
@@ -130,28 +235,31 @@ def inject_batch(backend, cols, psf_fwhm_arcsec, cutout, invvar, maskbits, *, pi
     CONTROL rows are not rendered: their image is the cutout itself and their arc metrics
     (arc_snr, arc_snr_opt, magnification, total_injected_flux) are NaN."""
     n, nb, s, _ = cutout.shape
+    xp, red = backend.xp, backend.reduce
     pixscale = np.broadcast_to(np.asarray(pixscale, dtype=np.float64), (n,))
     inj = np.flatnonzero(cols["lens_model"] != "CONTROL")
+    at = xp.asarray(inj)
+    cutout = backend.to_device(cutout)
+    invvar = backend.to_device(invvar)
     image = cutout.copy()
-    mag = np.full(n, np.nan)
-    total = np.full((n, nb), np.nan)
-    arc_snr = np.full(n, np.nan)
-    arc_snr_opt = np.full(n, np.nan)
-    red = backend.reduce
+    mag = xp.full(n, np.nan)
+    total = xp.full((n, nb), np.nan)
+    arc_snr = xp.full(n, np.nan)
+    arc_snr_opt = xp.full(n, np.nan)
     if inj.size:
         sub = {k: v[inj] for k, v in cols.items()}
         params, flux_r = T.pack_params(sub, pixscale[inj])
         flux = T.band_fluxes(sub, flux_r, bands)
         fwhm_px = psf_fwhm_arcsec[inj] / pixscale[inj, None]
-        arcs, mag[inj], total[inj] = arcs_from_params(backend, params, flux, fwhm_px,
-                                                      lens_offset[inj], s, psf_model,
-                                                      moffat_beta, acc)
-        image[inj] = red.inject(cutout[inj], arcs)
+        arcs, mag[at], total[at] = arcs_from_params(backend, params, flux, fwhm_px,
+                                                    lens_offset[inj], s, psf_model,
+                                                    moffat_beta, acc)
+        image[at] = red.inject(cutout[at], arcs)
         r = list(bands).index("r")
-        arc_snr[inj] = red.arc_snr(arcs[:, r], invvar[inj, r])
-        arc_snr_opt[inj] = red.arc_snr_opt(arcs, invvar[inj])
-    bad, wise = red.mask_fractions(maskbits, invvar)
-    return {
+        arc_snr[at] = red.arc_snr(arcs[:, r], invvar[at, r])
+        arc_snr_opt[at] = red.arc_snr_opt(arcs, invvar[at])
+    bad, wise = red.mask_fractions(backend.to_device(maskbits), invvar)
+    out = {
         "image": image,
         "magnification": mag,
         "total_injected_flux": total,
@@ -160,6 +268,7 @@ def inject_batch(backend, cols, psf_fwhm_arcsec, cutout, invvar, maskbits, *, pi
         "bad_pixel_frac": bad,
         "wise_brightmask_frac": wise,
     }
+    return {k: backend.to_host(v) for k, v in out.items()}
 
 
 def render_arcs(tasks, *, stamp_size, psf_fwhm, pixscale=0.262, bands="grz", lens_offset=None,
@@ -200,7 +309,7 @@ def render_arcs(tasks, *, stamp_size, psf_fwhm, pixscale=0.262, bands="grz", len
     be = get_backend(backend)
     params, flux_r = T.pack_params(cols, pixscale)
     flux = T.band_fluxes(cols, flux_r, bands)
-    images, mag, total = arcs_from_params(be, params, flux, fwhm / pixscale, offset,
-                                          stamp_size, psf_model, moffat_beta)
+    images, mag, total = (be.to_host(a) for a in arcs_from_params(
+        be, params, flux, fwhm / pixscale, offset, stamp_size, psf_model, moffat_beta))
     mag[cols["lens_model"] == "CONTROL"] = np.nan
     return ArcBatch(images=images, magnification=mag, total_flux=total)

@@ -32,3 +32,32 @@ def test_physics_compiles_as_cuda_device_functions():
             pytest.skip(f"CUDA compiler libraries not installed: {exc}")
         raise
     assert ".entry" in ptx and "fma.rn.f64" in ptx  # a kernel doing float64 arithmetic
+
+
+def test_render_and_reduction_kernels_compile_for_sm90():
+    """The kernels the GPU backend launches, compiled for real (the simulator runs them as
+    Python and checks no types): render loops and the device reductions."""
+    from numba import float32, float64, int32, int64
+
+    from gpu_inject.kernels import cuda as K
+    from gpu_inject.kernels import reduce_cuda as R
+
+    f64_2, f64_3 = float64[:, :], float64[:, :, :]
+    f32_2, f32_3 = float32[:, :], float32[:, :, :]
+    kernels = [
+        (K.corner_grid, (f64_2, f64_2, int64, f64_3, f64_3, f64_3)),
+        (K.render_pixels, (f64_2, f64_2, int64, f64_3, f64_3, f64_3, float64, float64,
+                           float64, float64, int64, f64_3)),
+        (R._arc_snr, (f32_2, f32_2, float64[:])),
+        (R._arc_snr_opt, (f32_2, f32_2, float64[:])),
+        (R._mask_fractions, (int32[:, :], f32_3, float64[:], float64[:])),
+    ]
+    for kernel, sig in kernels:
+        try:
+            ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0))
+        except Exception as exc:  # no NVVM / NVRTC library on this machine
+            if "libnvvm" in str(exc) or "libnvrtc" in str(exc):
+                pytest.skip(f"CUDA compiler libraries not installed: {exc}")
+            raise
+        assert ".entry" in ptx, kernel
+    assert "bar.sync" in ptx   # the block reductions synchronise their threads

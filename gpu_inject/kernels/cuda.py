@@ -1,8 +1,8 @@
 """CUDA loops around the physics: the same functions as kernels/cpu.py, compiled as device
 functions by ``_jit.compile_physics``; only the loops differ (a thread per pixel).
 
-Issue 5 builds the GPU backend on these (streams, pinned buffers, CuPy FFT, reductions);
-for now they render, and the tests run them under Numba's CUDA simulator against the CPU.
+``engine.GpuBackend`` runs them on CuPy arrays (cuFFT for the PSF, ``reduce_cuda`` for the
+metrics); the tests run them under Numba's CUDA simulator against the CPU.
 """
 import numpy as np
 from numba import cuda, float64
@@ -51,15 +51,28 @@ def render_pixels(params, origin, size, fcor, ucor, vcor, eps_gate, eps_abs, eps
         out[k, j, i] = s
 
 
-def render(params, origin, size, acc, threads=(1, 8, 8)):
-    """Pre-PSF renders [n, size, size] of float64 params [n, NPARAM] (host or device arrays)."""
+def render(params, origin, size, acc, xp=None, threads=(1, 8, 8)):
+    """Pre-PSF renders [n, size, size] of float64 params [n, NPARAM] (host arrays).
+
+    ``xp``: the array module of the result, cupy (it stays on the device) or numpy (under the
+    simulator); None copies the result back to a numpy array."""
     n = params.shape[0]
-    d_params = cuda.to_device(np.ascontiguousarray(params))
-    d_origin = cuda.to_device(np.ascontiguousarray(origin, dtype=np.float64))
-    grid = [cuda.device_array((n, size + 1, size + 1)) for _ in range(3)]
-    out = cuda.device_array((n, size, size))
-    blocks = tuple((d + t - 1) // t for d, t in zip((n, size + 1, size + 1), threads))
-    corner_grid[blocks, threads](d_params, d_origin, size, *grid)
-    render_pixels[blocks, threads](d_params, d_origin, size, *grid, acc.eps_gate, acc.eps_abs,
-                                   acc.eps_rel, acc.eps_cusp, acc.max_level, out)
-    return out.copy_to_host()
+    params = np.ascontiguousarray(params, dtype=np.float64)
+    origin = np.ascontiguousarray(origin, dtype=np.float64)
+    if xp is None or xp is np:
+        d_params, d_origin = cuda.to_device(params), cuda.to_device(origin)
+        grid = [cuda.device_array((n, size + 1, size + 1)) for _ in range(3)]
+        out = cuda.device_array((n, size, size))
+    else:
+        d_params, d_origin = xp.asarray(params), xp.asarray(origin)
+        grid = [xp.empty((n, size + 1, size + 1)) for _ in range(3)]
+        out = xp.empty((n, size, size))
+    if n:
+        blocks = tuple((d + t - 1) // t for d, t in zip((n, size + 1, size + 1), threads))
+        corner_grid[blocks, threads](d_params, d_origin, size, *grid)
+        render_pixels[blocks, threads](d_params, d_origin, size, *grid, acc.eps_gate,
+                                       acc.eps_abs, acc.eps_rel, acc.eps_cusp, acc.max_level,
+                                       out)
+    if xp is None or xp is np:
+        return out.copy_to_host()
+    return out
