@@ -137,10 +137,12 @@ class GpuBackend:
     def to_device(self, a):
         """Host array -> device, through pinned memory (an asynchronous copy on the
         backend's stream) on a GPU; the array itself under the simulator."""
-        a = np.ascontiguousarray(a)
         if self.simulator:
-            return a
+            return np.ascontiguousarray(a)
         cupy = self.xp
+        if isinstance(a, cupy.ndarray):
+            return a
+        a = np.ascontiguousarray(a)
         pinned = cupy.cuda.alloc_pinned_memory(a.nbytes)   # from CuPy's pinned pool
         staging = np.frombuffer(pinned, a.dtype, a.size).reshape(a.shape)
         staging[...] = a

@@ -87,3 +87,21 @@ def moto_s3():
         }
     finally:
         server.stop()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` need a real CUDA device with Numba CUDA and CuPy: skipped, with
+    the reason, everywhere else (CI has none; scripts/gpu_check.sh runs them)."""
+    marked = [item for item in items if "gpu" in item.keywords]
+    if not marked:
+        return
+    from gpu_inject.engine import BackendUnavailable, get_backend
+
+    try:
+        be = get_backend("gpu")
+        reason = "the CUDA simulator is not a GPU" if be.simulator else None
+    except BackendUnavailable as exc:
+        reason = str(exc)
+    if reason:
+        for item in marked:
+            item.add_marker(pytest.mark.skip(reason=reason))

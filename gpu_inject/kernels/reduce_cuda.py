@@ -23,8 +23,10 @@ TPB = 256
 
 
 @cuda.jit(device=True, inline=True)
-def _tree_sum(buf, t):
-    """Sum buf[0:TPB] into buf[0], every thread of the block taking part."""
+def _block_sum(buf, t, value):
+    """The sum of every thread's ``value`` over the block, in buf[0] (a fixed tree)."""
+    buf[t] = value
+    cuda.syncthreads()
     s = TPB // 2
     while s > 0:
         if t < s:
@@ -46,11 +48,8 @@ def _arc_snr(arc, invvar, out):
         w = float64(invvar[k, p])
         sf += snr_flux(a, w)
         sv += snr_var(a, w)
-    f[t] = sf
-    v[t] = sv
-    cuda.syncthreads()
-    _tree_sum(f, t)
-    _tree_sum(v, t)
+    _block_sum(f, t, sf)
+    _block_sum(v, t, sv)
     if t == 0:
         out[k] = snr(f[0], v[0])
 
@@ -63,9 +62,7 @@ def _arc_snr_opt(arc, invvar, out):
     s = 0.0
     for p in range(t, arc.shape[1], TPB):
         s += opt_term(float64(arc[k, p]), float64(invvar[k, p]))
-    buf[t] = s
-    cuda.syncthreads()
-    _tree_sum(buf, t)
+    _block_sum(buf, t, s)
     if t == 0:
         out[k] = math.sqrt(buf[0])
 
@@ -88,11 +85,8 @@ def _mask_fractions(maskbits, invvar, bad_out, wise_out):
             cb += 1.0
         if mask_wise(m):
             cw += 1.0
-    nb[t] = cb
-    nw[t] = cw
-    cuda.syncthreads()
-    _tree_sum(nb, t)
-    _tree_sum(nw, t)
+    _block_sum(nb, t, cb)
+    _block_sum(nw, t, cw)
     if t == 0:
         bad_out[k] = nb[0] / npix
         wise_out[k] = nw[0] / npix
