@@ -7,14 +7,13 @@ the render grid (every tolerance infinite: 2 evaluations per pixel), the adaptiv
 Warm code only (a first call compiles), one Numba thread, medians of 3.
 """
 import argparse
-import statistics
-import time
 
 import numba
 import numpy as np
 
 from gpu_inject import engine
 from gpu_inject import tasks as T
+from gpu_inject.bench import median_seconds
 from gpu_inject.draws import random_tasks
 from gpu_inject.kernels import cpu, psf
 
@@ -30,14 +29,6 @@ def _evaluate(p, n):
     return acc
 
 
-def _median_s(fn, repeats=3):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main(argv=None):
@@ -58,11 +49,11 @@ def main(argv=None):
 
     sie = int(np.flatnonzero(draws["lens_model"] == "SIE")[0])
     n_eval = 1_000_000
-    per_eval = _median_s(lambda: _evaluate(params[sie], n_eval)) / n_eval
-    full = _median_s(lambda: render((acc.eps_gate, acc.eps_abs, acc.eps_rel, acc.eps_cusp,
+    per_eval = median_seconds(lambda: _evaluate(params[sie], n_eval)) / n_eval
+    full = median_seconds(lambda: render((acc.eps_gate, acc.eps_abs, acc.eps_rel, acc.eps_cusp,
                                      acc.max_level))) / a.stamps
-    gate = _median_s(lambda: render((np.inf, np.inf, np.inf, np.inf, 0))) / a.stamps
-    fft = _median_s(lambda: psf.convolve_crop(out, np.full((a.stamps, 3), np.median(fwhm)),
+    gate = median_seconds(lambda: render((np.inf, np.inf, np.inf, np.inf, 0))) / a.stamps
+    fft = median_seconds(lambda: psf.convolve_crop(out, np.full((a.stamps, 3), np.median(fwhm)),
                                               S, margin)) / a.stamps
     print(f"one thread, {S}x{S} stamps, render grid {size}x{size}, {a.stamps} draws")
     print(f"one lensed-Sersic evaluation (SIE): {per_eval * 1e9:6.1f} ns")

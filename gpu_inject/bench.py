@@ -8,6 +8,7 @@ import platform
 import statistics
 import time
 
+import numba
 import numpy as np
 
 from . import engine
@@ -26,6 +27,18 @@ def synthetic_inputs(n, stamp_size, seed=0, nbands=3):
     invvar = np.full(shape, 1.0 / sigma**2, dtype=np.float32)
     maskbits = np.zeros((n, stamp_size, stamp_size), dtype=np.int32)
     return cutout, invvar, maskbits
+
+
+def median_seconds(fn, repeats=3, warm=True):
+    """Median wall time of ``fn()`` over ``repeats`` calls, after one untimed call (warm)."""
+    if warm:
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def peak_rss_mib():
@@ -59,17 +72,20 @@ def run_bench(backend_name="cpu", stamps=2048, stamp_size=64, repeats=3, seed=0,
     batches = [slice(a, min(a + batch_size, stamps)) for a in range(0, stamps, batch_size)]
 
     def one(sl):
-        """Seconds of one batch: its inputs are made (and put on the device) first, the
-        clock covers the engine and the copy of the results back (which synchronises)."""
-        inputs = [be.to_device(a) for a in synthetic_inputs(sl.stop - sl.start, stamp_size,
-                                                             seed + sl.start)]
+        """(copy-in, engine) seconds of one batch: its inputs are made, then put on the
+        device (timed apart: copy-in, which synchronises); the engine clock covers render,
+        PSF, injection, metrics and the copy of the results back (which synchronises)."""
+        host = synthetic_inputs(sl.stop - sl.start, stamp_size, seed + sl.start)
         t0 = time.perf_counter()
+        inputs = [be.to_device(a) for a in host]
+        t1 = time.perf_counter()
         engine.inject_batch(be, {k: v[sl] for k, v in cols.items()}, fwhm[sl], *inputs,
                             pixscale=0.262, bands=bands, lens_offset=offset[sl])
-        return time.perf_counter() - t0
+        return t1 - t0, time.perf_counter() - t1
 
     one(slice(0, min(stamps, 8)))  # warm-up: compilation or the on-disk cache
-    times = [sum(one(sl) for sl in batches) for _ in range(repeats)]
+    runs = [np.sum([one(sl) for sl in batches], axis=0) for _ in range(repeats)]
+    times = [float(r[1]) for r in runs]
     sec = statistics.median(times)
     return {
         "backend": be.name,
@@ -83,5 +99,9 @@ def run_bench(backend_name="cpu", stamps=2048, stamp_size=64, repeats=3, seed=0,
         "seconds": sec,
         "seconds_all": times,
         "stamps_per_s": stamps / sec,
+        "stamps_per_s_min": stamps / max(times),
+        "stamps_per_s_max": stamps / min(times),
+        "copy_in_seconds": statistics.median(float(r[0]) for r in runs),
+        "threads": numba.get_num_threads(),
         "peak_rss_mib": peak_rss_mib(),
     }

@@ -1,0 +1,256 @@
+"""Result files -> one Markdown report with tables and PNG plots, machines side by side.
+
+Reads ``<date>-<machine>-<kind>.json`` files (what ``scripts/bench_suite.sh`` and
+``scripts/gpu_check.sh`` write under benchmarks/results/), keeps the newest date per machine
+and kind, and writes ``report.md`` plus ``engine_batch.png``, ``threads.png`` and
+``pipeline_stages.png`` into ``--out``.
+
+    python benchmarks/report.py benchmarks/results --out benchmarks/results/report
+"""
+import argparse
+import glob
+import json
+import os
+import re
+import sys
+
+KINDS = ("engine-sweep", "vs-lenstronomy", "accuracy", "memory", "cutout",
+         "pipeline-injections", "pipeline-memory", "pipeline", "bench", "agreement",
+         "projection")
+NAME = re.compile(r"^(\d{4}-\d{2}-\d{2})-(.+?)-(" + "|".join(KINDS) + r")\.json$")
+
+
+def load(folder):
+    """{machine: {kind: (date, data)}}, the newest date per machine and kind."""
+    found = {}
+    for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
+        m = NAME.match(os.path.basename(path))
+        if not m:
+            continue
+        date, machine, kind = m.groups()
+        with open(path) as f:
+            data = json.load(f)
+        have = found.setdefault(machine, {}).get(kind)
+        if have is None or have[0] <= date:
+            found[machine][kind] = (date, data)
+    return found
+
+
+def _save(fig, plots, name, alt):
+    """Write the figure as plots/name and return its Markdown image line."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(os.path.join(plots, name), dpi=120)
+    plt.close(fig)
+    return f"\n\n![{alt}]({name})"
+
+
+def _table(header, rows):
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def engine_section(res, plots):
+    rows = []
+    for machine, kinds in sorted(res.items()):
+        if "engine-sweep" not in kinds:
+            continue
+        date, d = kinds["engine-sweep"]
+        for p in d["points"]:
+            rows.append((machine, date, p["backend"], p["device"], p["stamp_size"],
+                         p["batch_size"], f"{p['stamps_per_s']:,.0f}",
+                         f"{p['stamps_per_s_min']:,.0f} - {p['stamps_per_s_max']:,.0f}"))
+    if not rows:
+        return ""
+    text = "## Engine throughput (render + PSF + inject + metrics, grz)\n\n" + _table(
+        ("machine", "date", "backend", "device", "stamp", "batch", "stamps/s (median)",
+         "min - max"), rows)
+    if plots is not None:
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for machine, kinds in sorted(res.items()):
+            if "engine-sweep" not in kinds:
+                continue
+            pts = kinds["engine-sweep"][1]["points"]
+            for key in sorted({(p["backend"], p["stamp_size"]) for p in pts}):
+                sel = sorted((p for p in pts if (p["backend"], p["stamp_size"]) == key),
+                             key=lambda p: p["batch_size"])
+                x = [p["batch_size"] for p in sel]
+                ax.errorbar(x, [p["stamps_per_s"] for p in sel],
+                            yerr=[[p["stamps_per_s"] - p["stamps_per_s_min"] for p in sel],
+                                  [p["stamps_per_s_max"] - p["stamps_per_s"] for p in sel]],
+                            marker="o", capsize=3, label=f"{machine} {key[0]} {key[1]}px")
+        ax.set(xscale="log", yscale="log", xlabel="batch size (stamps)",
+               ylabel="stamps/s", title="Engine throughput")
+        ax.legend(fontsize=7)
+        text += _save(fig, plots, "engine_batch.png", "engine throughput against batch size")
+    return text + "\n"
+
+
+def threads_section(res, plots):
+    rows, curves = [], {}
+    for machine, kinds in sorted(res.items()):
+        if "engine-sweep" not in kinds or not kinds["engine-sweep"][1].get("threads"):
+            continue
+        pts = kinds["engine-sweep"][1]["threads"]
+        base = pts[0]["stamps_per_s"] / pts[0]["threads"]
+        for p in pts:
+            rows.append((machine, p["threads"], f"{p['stamps_per_s']:,.0f}",
+                         f"{p['stamps_per_s'] / (base * p['threads']):.0%}"))
+        curves[machine] = pts
+    if not rows:
+        return ""
+    text = "## CPU scaling with threads (64x64 grz)\n\n" + _table(
+        ("machine", "threads", "stamps/s", "parallel efficiency"), rows)
+    if plots is not None:
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for machine, pts in curves.items():
+            ax.plot([p["threads"] for p in pts], [p["stamps_per_s"] for p in pts], "o-",
+                    label=machine)
+        ax.set(xlabel="Numba threads", ylabel="stamps/s", title="CPU backend scaling")
+        ax.legend(fontsize=7)
+        text += _save(fig, plots, "threads.png", "CPU scaling")
+    return text + "\n"
+
+
+def references_section(res):
+    rows = []
+    for machine, kinds in sorted(res.items()):
+        if "vs-lenstronomy" not in kinds:
+            continue
+        d = kinds["vs-lenstronomy"][1]
+        acc = kinds.get("accuracy", (None, {}))[1].get("summary", {})
+        ours, theirs = d["gpu_inject"], d["lenstronomy"]
+
+        def cell(who):
+            a = acc.get(who)
+            if not a:
+                return "not measured in this run"
+            return (f"flux median {a['flux']['median']:.1e}, worst {a['flux']['worst']:.1e}; "
+                    f"peak worst {a['peak']['worst']:.1e}; outside SPEC 6: "
+                    f"{a.get('outside_spec', '?')}")
+
+        rows.append((machine, "gpu_inject " + ours.get("backend", "cpu"),
+                     f"{ours['stamps_per_s']:,.0f}", cell("ours")))
+        rows.append((machine, "lenstronomy, supersampling 4",
+                     f"{theirs['stamps_per_s']:,.0f}", cell("lenstronomy_ss4")))
+    if not rows:
+        return ""
+    return ("## Against the references, same draws, same run: speed beside accuracy\n\n" +
+            _table(("machine", "simulator", "stamps/s", "accuracy vs converged reference"),
+                   rows) + "\n")
+
+
+def pipeline_section(res, plots):
+    rows, bars = [], []
+    for machine, kinds in sorted(res.items()):
+        for kind in ("pipeline", "pipeline-injections"):
+            if kind not in kinds:
+                continue
+            d = kinds[kind][1]
+            label = f"{machine} {'half CONTROL' if d.get('controls', True) else 'injections'}"
+            rows.append((label, d["rows"], d["workers"], f"{d['stamps_per_s']:,.0f}",
+                         f"{d['stamps_per_s_per_core']:,.0f}", f"{d['engine_share']:.0%}",
+                         f"{d['write_share']:.0%}", f"{d['read_thread_share']:.0%}"))
+            bars.append((label, d["engine_share"], d["write_share"], d["read_thread_share"]))
+    if not rows:
+        return ""
+    text = ("## End to end: local fpack bricks -> Parquet, 60 stamps per brick\n\n" + _table(
+        ("run", "stamps", "readers", "stamps/s", "per core", "engine busy", "writing",
+         "reading (process-s / wall)"), rows))
+    if plots is not None:
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 0.6 * len(bars) + 1.5))
+        for k, (label, e, w, r) in enumerate(bars):
+            ax.barh([k - 0.25, k, k + 0.25], [r, e, w], height=0.25,
+                    color=["C0", "C1", "C2"])
+        ax.set_yticks(range(len(bars)), [b[0] for b in bars], fontsize=7)
+        ax.set(xlabel="share of wall time", title="Where the time goes (reading overlaps)")
+        ax.legend(["reading (process-s)", "engine", "writing"], fontsize=7)
+        text += _save(fig, plots, "pipeline_stages.png", "pipeline stage shares")
+    return text + "\n"
+
+
+def io_memory_section(res):
+    parts = []
+    rows = []
+    for machine, kinds in sorted(res.items()):
+        if "cutout" in kinds:
+            for r in kinds["cutout"][1]["results"]:
+                rows.append((machine, r.get("strategy"), r.get("stamps_per_brick"),
+                             f"{r.get('stamps_per_s', 0):,.0f}"))
+    if rows:
+        parts.append("## Cutting stamps from compressed bricks (one core)\n\n" + _table(
+            ("machine", "strategy", "stamps per brick", "stamps/s"), rows))
+    rows = []
+    for machine, kinds in sorted(res.items()):
+        if "memory" in kinds:
+            for r in kinds["memory"][1]:
+                rows.append((machine, r["stamps"], r["batch_size"],
+                             f"{r['peak_rss_mib']:,.0f}"))
+        if "pipeline-memory" in kinds:
+            d = kinds["pipeline-memory"][1]
+            rows.append((machine, f"run of {d['rows']:,} manifest rows", d["batch_size"],
+                         f"{d['peak_rss_main_mib']:,.0f} (+ {d['peak_rss_largest_reader_mib']:,.0f}"
+                         " per reader)"))
+    if rows:
+        parts.append("## Peak memory\n\n" + _table(("machine", "stamps", "batch size",
+                                                     "peak RSS (MiB)"), rows))
+    return "\n\n".join(parts) + ("\n" if parts else "")
+
+
+def projection_section(res):
+    rows = []
+    for machine, kinds in sorted(res.items()):
+        if "projection" not in kinds:
+            continue
+        for p in kinds["projection"][1]:
+            rows.append((machine, p["rates"]["backend"], f"{p['rows']:,}", f"{p['bricks']:,}",
+                         f"{p['hours_one_machine']:.2f}", p["limited_by"],
+                         f"{p.get('hours_spark', float('nan')):.3f}", p.get("executors", "")))
+    if not rows:
+        return ""
+    return ("## Projection of a full run from the measured stage rates\n\n" + _table(
+        ("machine", "backend", "rows", "bricks", "hours, one machine", "limited by",
+         "hours on Spark", "executors"), rows) + "\n")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("folder", nargs="?", default=os.path.join(os.path.dirname(__file__),
+                                                              "results"))
+    ap.add_argument("--out", default=None, help="report folder (default FOLDER/report)")
+    ap.add_argument("--no-plots", action="store_true")
+    a = ap.parse_args(argv)
+    res = load(a.folder)
+    if not res:
+        sys.exit(f"no result files named <date>-<machine>-<kind>.json in {a.folder}")
+    out = a.out or os.path.join(a.folder, "report")
+    os.makedirs(out, exist_ok=True)
+    plots = None
+    if not a.no_plots:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        plots = out
+    sections = [engine_section(res, plots), threads_section(res, plots),
+                references_section(res), pipeline_section(res, plots), io_memory_section(res),
+                projection_section(res)]
+    machines = ", ".join(sorted(res))
+    text = (f"# gpu_inject benchmarks\n\nMachines: {machines}. Generated by "
+            f"`benchmarks/report.py` from the result files in `{a.folder}`.\n\n" +
+            "\n".join(s for s in sections if s))
+    with open(os.path.join(out, "report.md"), "w") as f:
+        f.write(text)
+    print(f"report written to {os.path.join(out, 'report.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

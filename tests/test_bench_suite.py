@@ -1,0 +1,67 @@
+"""The benchmark suite's own code: the projection model's arithmetic and its measurements,
+and the report built from result files (tables and plots)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gpu_inject.projection import Rates, measure_reading, measure_writing, project
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _rates(backend="gpu", engine=1000.0, cores=8):
+    return Rates(read_s_per_brick=0.05, read_s_per_stamp=0.002, write_s_per_stamp=0.0001,
+                 engine_stamps_per_s=engine, backend=backend, device="test", cores=cores)
+
+
+def test_projection_gpu_is_limited_by_its_slowest_stage():
+    rows, bricks = 1_000_000, 10_000
+    p = project(rows, bricks, _rates("gpu", engine=100_000.0), readers=7, executors=10,
+                price_per_hour=2.0)
+    read_h = (bricks * 0.05 + rows * 0.5 * 0.002) / 7 / 3600
+    assert p["stage_hours"]["reading"] == pytest.approx(read_h)
+    assert p["stage_hours"]["engine"] == pytest.approx(rows / 100_000 / 3600)
+    assert p["limited_by"] == "reading"
+    assert p["hours_one_machine"] == pytest.approx(read_h)
+    assert p["hours_spark"] == pytest.approx(read_h / 10)
+    assert p["cost_one_machine"] == pytest.approx(2.0 * read_h)
+
+
+def test_projection_cpu_stages_share_the_cores():
+    p = project(360_000, 6_000, _rates("cpu", engine=600.0, cores=2), cut_fraction=1.0)
+    s = p["stage_hours"]
+    assert p["hours_one_machine"] == pytest.approx(s["reading"] + s["engine"] + s["writing"])
+    assert s["engine"] == pytest.approx(360_000 / 600 / 3600)
+    assert s["reading"] == pytest.approx((6_000 * 0.05 + 360_000 * 0.002) / 2 / 3600)
+
+
+def test_measured_rates_are_positive_and_per_stamp_below_per_brick(tmp_path):
+    per_brick, per_stamp = measure_reading(str(tmp_path), size=600, counts=(4, 16))
+    assert 0 < per_stamp < 0.5 and per_brick >= 0
+    assert 0 < measure_writing(n=16) < 0.1
+
+
+def test_report_from_result_files(tmp_path):
+    res = tmp_path / "results"
+    res.mkdir()
+    point = {"backend": "cpu", "device": "CPU, 2 Numba threads", "stamp_size": 64,
+             "stamps_per_s": 700.0, "stamps_per_s_min": 650.0, "stamps_per_s_max": 720.0}
+    sweep = {"points": [dict(point, batch_size=b) for b in (1, 128)],
+             "threads": [dict(point, threads=1, stamps_per_s=400.0),
+                         dict(point, threads=2, stamps_per_s=700.0)]}
+    (res / "2026-11-24-boxA-engine-sweep.json").write_text(json.dumps(sweep))
+    (res / "2026-11-20-boxA-engine-sweep.json").write_text(json.dumps({"points": [],
+                                                                      "threads": []}))
+    (res / "unrelated.json").write_text("{}")
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "report.py"), str(res),
+                           "--out", str(tmp_path / "rep")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert "| boxA | 2026-11-24 | cpu |" in text          # the newest file of the machine
+    assert "| boxA | 2 | 700 | 88% |" in text             # 700 / (2 x 400)
+    assert os.path.getsize(tmp_path / "rep" / "engine_batch.png") > 1000
+    assert os.path.getsize(tmp_path / "rep" / "threads.png") > 1000
