@@ -54,13 +54,24 @@ def info():
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True),
               help="Write the results (a list, one entry per backend) to this file.")
-def bench(backend, stamps, stamp_size, batch_size, repeats, seed, json_path):
+@click.option("--project-manifest", "project", default=None, metavar="ROWS,BRICKS",
+              help="Also measure reading and writing here and project a full run of ROWS "
+                   "rows over BRICKS bricks (the user's train tier: 10627158,180152).")
+@click.option("--executors", type=click.IntRange(min=1), default=None,
+              help="With --project-manifest: also project a Spark run on this many "
+                   "executors like this machine.")
+@click.option("--price-per-hour", type=click.FloatRange(min=0), default=None,
+              help="With --project-manifest: the machine's price, for the cost.")
+def bench(backend, stamps, stamp_size, batch_size, repeats, seed, json_path, project,
+          executors, price_per_hour):
     """Time the engine (render, PSF, inject, metrics) on random draws in memory."""
     from .bench import run_bench
     from .engine import BackendUnavailable
 
     if stamp_size % 2:
         raise _Failure(f"--stamp-size {stamp_size}: must be even")
+    if project:
+        _project_spec(project)   # a bad value fails before anything is timed
     names = ["cpu", "gpu"] if backend == "all" else [backend]
     results = []
     for name in names:
@@ -78,10 +89,53 @@ def bench(backend, stamps, stamp_size, batch_size, repeats, seed, json_path):
                    f"{res['seconds']:.3f} s (median of {repeats}) = "
                    f"{res['stamps_per_s']:,.0f} stamps/s, peak RSS "
                    f"{res['peak_rss_mib']:,.0f} MiB (batches of {batch_size})")
+    if project:
+        results = _projections(project, results, executors, price_per_hour)
     if json_path:
         with open(json_path, "w") as fh:
             json.dump(results, fh, indent=2)
         click.echo(f"results written to {json_path}")
+
+
+def _project_spec(spec):
+    try:
+        rows, bricks = (int(v) for v in spec.split(","))
+        if rows < 1 or bricks < 1:
+            raise ValueError
+    except ValueError:
+        raise _Failure(f"--project-manifest {spec}: expected ROWS,BRICKS, two integers "
+                       ">= 1") from None
+    return rows, bricks
+
+
+def _projections(spec, bench_results, executors, price_per_hour):
+    """--project-manifest: measure reading and writing, then project per backend timed."""
+    import os
+
+    from .projection import Rates, measure_reading, measure_writing, project
+
+    rows, bricks = _project_spec(spec)
+    click.echo("measuring reading (a mock 3600x3600 brick) and writing...")
+    per_brick, per_stamp = measure_reading()
+    write = measure_writing()
+    click.echo(f"reading: {per_brick * 1e3:.1f} ms per brick + {per_stamp * 1e3:.2f} ms per "
+               f"stamp (one process); writing: {write * 1e3:.3f} ms per stamp")
+    out = []
+    for res in bench_results:
+        rates = Rates(per_brick, per_stamp, write, res["stamps_per_s"], res["backend"],
+                      res["device"], os.cpu_count() or 1)
+        p = project(rows, bricks, rates, executors=executors, price_per_hour=price_per_hour)
+        out.append(p)
+        stages = ", ".join(f"{k} {v:.2f} h" for k, v in p["stage_hours"].items())
+        line = (f"{res['backend']}: {rows:,} rows / {bricks:,} bricks -> "
+                f"{p['hours_one_machine']:.2f} h on this machine ({stages}; limited by "
+                f"{p['limited_by']})")
+        if executors:
+            line += f"; {p['hours_spark']:.3f} h on {executors} Spark executors like it"
+        if price_per_hour is not None:
+            line += f"; cost {p['cost_one_machine']:.2f} at {price_per_hour}/h"
+        click.echo(line)
+    return out
 
 
 def _bands(value):

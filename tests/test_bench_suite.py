@@ -65,3 +65,12 @@ def test_report_from_result_files(tmp_path):
     assert "| boxA | 2 | 700 | 88% |" in text             # 700 / (2 x 400)
     assert os.path.getsize(tmp_path / "rep" / "engine_batch.png") > 1000
     assert os.path.getsize(tmp_path / "rep" / "threads.png") > 1000
+
+
+def test_bench_project_manifest_rejects_a_bad_value_before_timing():
+    from click.testing import CliRunner
+
+    from gpu_inject.cli import main
+
+    r = CliRunner().invoke(main, ["bench", "--stamps", "4", "--project-manifest", "12"])
+    assert r.exit_code == 1 and "ROWS,BRICKS" in r.output and "stamps/s" not in r.output
