@@ -13,7 +13,8 @@ mkdir -p benchmarks/results
 python benchmarks/engine_sweep.py --json "$out-engine-sweep.json"
 python benchmarks/compare_lenstronomy.py --stamps 1024 --lenstronomy-stamps 200 --repeats 5 \
     --json "$out-vs-lenstronomy.json"
-python benchmarks/accuracy.py --draws 200 --stamp-size 64 --seed 0 --json "$out-accuracy.json"
+python benchmarks/accuracy.py --draws 200 --stamp-size 64 --seed 0 --lenstronomy-ss 4,16,32 \
+    --json "$out-accuracy.json"
 python benchmarks/memory.py --json "$out-memory.json"
 python benchmarks/cutout_speed.py --json "$out-cutout.json"
 python benchmarks/pipeline_speed.py --bricks 24 --per-brick 60 --repeats 3 \
