@@ -7,8 +7,12 @@ import time
 import numpy as np
 import pytest
 
+from astropy.io import fits
+
+import gpu_inject.io.coadd as coadd
 from conftest import LEGACYSURVEY_DATA
 from gpu_inject.io import CoaddError, CoaddSource, cut_stamps, wcs_from_header
+from gpu_inject.io.coadd import AstropyImage, FitsioImage
 
 
 def _one_line(exc):
@@ -72,12 +76,23 @@ def test_missing_band_file(small_brick):
         CoaddSource(small_brick["root"], layout="flat").brick_files(brick, "gr")
 
 
-@pytest.mark.parametrize("damage", ["half", "header_only", "garbage", "empty", "zeroed_header"])
-def test_truncated_or_corrupt_file(small_brick, damage):
+@pytest.fixture(params=["fitsio", "astropy"])
+def reader(request, monkeypatch):
+    """Open local files through fitsio (the default) or astropy (as without fitsio)."""
+    if request.param == "astropy":
+        monkeypatch.setattr(coadd, "fitsio", None)
+    return request.param
+
+
+@pytest.mark.parametrize("damage", ["half", "header_only", "garbage", "empty", "zeroed_header",
+                                    "cut_in_hdu1_header", "table_hdu"])
+def test_truncated_or_corrupt_file(small_brick, damage, reader):
     brick = small_brick["brick"]
     src = CoaddSource(small_brick["root"], layout="flat")
     files = src.brick_files(brick, "grz")
     p = files.path("image", "r")
+    with files.open("image", "r") as img:   # intact: opened by the expected library
+        assert img.reader == reader and img.shape == small_brick["shape"]
     data = open(p, "rb").read()
     if damage == "half":
         data = data[: len(data) // 2]
@@ -87,6 +102,13 @@ def test_truncated_or_corrupt_file(small_brick, damage):
         data = bytes(np.random.default_rng(0).integers(0, 256, len(data), dtype=np.uint8))
     elif damage == "empty":
         data = b""
+    elif damage == "cut_in_hdu1_header":
+        data = data[:2880 + 1000]
+    elif damage == "table_hdu":   # HDU 1 is a binary table, not an image
+        os.remove(p)
+        fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns(
+            [fits.Column("A", "E", array=np.zeros(5, np.float32))])]).writeto(p)
+        data = open(p, "rb").read()
     else:
         data = b"\0" * 2880 + data[2880:]
     with open(p, "wb") as f:
@@ -96,12 +118,16 @@ def test_truncated_or_corrupt_file(small_brick, damage):
         files.open("image", "r")
     msg = _one_line(e)
     assert p in msg and ("truncated" in msg or "corrupt" in msg)
+    if damage in ("half", "header_only", "cut_in_hdu1_header"):
+        assert "truncated" in msg
+    if damage == "table_hdu":
+        assert "not a 2-D image" in msg
     st = cut_stamps(files, [150.0], [2.25], 32)
     assert not st.ok[0] and p in st.error[0]
     assert time.time() - t < 10
 
 
-def test_real_truncated_dr6_file(tmp_path):
+def test_real_truncated_dr6_file(tmp_path, reader):
     src_file = LEGACYSURVEY_DATA / "desitarget_dr6" / "legacysurvey-0959p805-image-g.fits.fz"
     if not src_file.exists():
         pytest.skip("real legacypipe files not present")
@@ -114,6 +140,56 @@ def test_real_truncated_dr6_file(tmp_path):
     with pytest.raises(CoaddError, match="truncated FITS file") as e:
         files.open("image", "g")
     assert str(d / src_file.name) in _one_line(e)
+
+
+def test_fitsio_and_astropy_open_the_same_image(small_brick, tmp_path):
+    """Local files open through fitsio without astropy's fits.open; both readers report the
+    same shape, tiles, compression and WCS cards, and read the same pixels."""
+    from gpu_inject.io.cutout import _wcs_cards
+
+    files = CoaddSource(small_brick["root"], layout="flat").brick_files(small_brick["brick"], "grz")
+    for spec, comp in ((("image", "g"), "RICE_1"), (("invvar", "z"), "RICE_1"),
+                       (("psfsize", "r"), "GZIP_1"), (("maskbits", None), "HCOMPRESS_1")):
+        path = files.path(*spec)
+        with files.open(*spec) as f, AstropyImage.open(path, path) as a:
+            assert isinstance(f, FitsioImage) and isinstance(a, AstropyImage)
+            assert f.shape == a.shape == small_brick["shape"]
+            assert f.tile_shape == a.tile_shape == (100, 100)
+            assert f.compression == a.compression == comp
+            assert (f.lock is coadd._HCOMPRESS_LOCK) == (comp == "HCOMPRESS_1")
+            assert (a.lock is coadd._HCOMPRESS_LOCK) == (comp == "HCOMPRESS_1")
+            assert _wcs_cards(f.header) == _wcs_cards(a.header)
+            assert f.header["NAXIS1"] == 300 and f.header["NAXIS2"] == 260
+            wf, wa = wcs_from_header(f.header), wcs_from_header(a.header)
+            assert np.array_equal(wf.all_pix2world([[3.5, 250.25]], 0),
+                                  wa.all_pix2world([[3.5, 250.25]], 0))
+            full = f.read_all()
+            assert np.array_equal(full, a.read_all())
+            assert np.array_equal(f.read(95, 205, 7, 101), a.read(95, 205, 7, 101))
+            assert np.array_equal(f.read(95, 205, 7, 101), full[95:205, 7:101])
+    # a path cfitsio would parse as extended syntax goes through astropy, same pixels
+    odd = tmp_path / "odd[1]"
+    shutil.copytree(small_brick["root"], odd)
+    ofiles = CoaddSource(odd, layout="flat").brick_files(small_brick["brick"], "grz")
+    with ofiles.open("image", "g") as o, files.open("image", "g") as f:
+        assert o.reader == "astropy" and np.array_equal(o.read(0, 50, 0, 50), f.read(0, 50, 0, 50))
+
+
+def test_uncompressed_image_through_fitsio(tmp_path, small_brick):
+    """A plain (not tile-compressed) image HDU: no tiles, whole image and windows read."""
+    data = np.arange(260 * 300, dtype=np.float32).reshape(260, 300)
+    p = tmp_path / "plain.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(data, header=small_brick["header"])]).writeto(p)
+    with FitsioImage.open(str(p), str(p)) as f:
+        assert f.shape == (260, 300) and f.tile_shape is None and f.compression == ""
+        assert np.array_equal(f.read_all(), data)
+        assert np.array_equal(f.read(3, 9, 4, 7), data[3:9, 4:7])
+        assert f.header["CRPIX1"] == small_brick["header"]["CRPIX1"]
+    b = p.read_bytes()
+    p.write_bytes(b[: len(b) - 10000])
+    with pytest.raises(CoaddError, match="truncated FITS file") as e:
+        FitsioImage.open(str(p), str(p))
+    assert str(p) in _one_line(e)
 
 
 # ------------------------------------------------------------------ S3 through moto's server
@@ -172,6 +248,9 @@ def test_s3_matches_local(s3_brick, tmp_path, use_cache):
     ra, dec = w.all_pix2world([100.0, 290.0], [100.0, 60.0], 0)
     a, b = cut_stamps(rf, ra, dec, 32), cut_stamps(lf, ra, dec, 32)
     assert a.ok.all(), a.error
+    # a cached file is local: fitsio; a file held in memory: astropy
+    with rf.open("image", "g") as f:
+        assert f.reader == ("fitsio" if use_cache else "astropy")
     for name in ("image", "invvar", "maskbits", "psfsize", "edge", "x0", "y0"):
         assert np.array_equal(getattr(a, name), getattr(b, name)), name
     if use_cache:

@@ -8,7 +8,7 @@ from scipy.special import erf
 
 from conftest import LEGACYSURVEY_DATA, tan_header, write_brick
 from gpu_inject.io import CoaddSource, choose_strategy, cut_stamps, sky_to_pixel, wcs_from_header
-from gpu_inject.io.cutout import TILE_CALL_COST
+from gpu_inject.io.cutout import TILE_CALL_COST, TILE_CALL_COSTS
 from gpu_inject.io.coadd import CoaddError
 
 DR6 = LEGACYSURVEY_DATA / "desitarget_dr6"
@@ -179,6 +179,11 @@ def test_strategy_threshold():
     assert choose_strategy(edge + 1, 64, dr10, (100, 100)) == "whole"
     assert choose_strategy(edge + 1, 96, dr10, (100, 100)) == "whole"
     assert choose_strategy(1, 64, dr10, None) == "whole"       # uncompressed image
+    # files held in memory are read by tiles through astropy, which costs more per call
+    edge = int(1296 / (4 * TILE_CALL_COSTS["astropy"]))
+    assert choose_strategy(edge - 1, 64, dr10, (100, 100), TILE_CALL_COSTS["astropy"]) == "tiles"
+    assert choose_strategy(edge + 1, 64, dr10, (100, 100), TILE_CALL_COSTS["astropy"]) == "whole"
+    assert TILE_CALL_COSTS["fitsio"] < TILE_CALL_COSTS["astropy"]
 
 
 def test_auto_strategy_and_brick_level_failure(small_brick, tmp_path):
@@ -230,3 +235,69 @@ def test_files_on_different_pixel_grids_fail_the_brick(small_brick):
     st = cut_stamps(files, [150.0], [2.25], 32)
     assert not st.ok[0] and "does not share the pixel grid" in st.error[0]
     assert files.path("invvar", "z") in st.error[0]
+
+
+STAMP_FIELDS = ("image", "invvar", "maskbits", "psfsize", "px", "py", "x0", "y0", "lens_offset",
+                "edge", "pixscale", "image_shape")
+
+
+def _assert_same_stamps(a, b):
+    assert a.error == b.error
+    for name in STAMP_FIELDS:
+        x, y = getattr(a, name), getattr(b, name)
+        if x is None:
+            assert y is None
+            continue
+        x, y = np.asarray(x), np.asarray(y)
+        assert x.dtype == y.dtype and np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), name
+
+
+@pytest.mark.parametrize("strategy", ["tiles", "whole", "auto"])
+def test_fitsio_and_astropy_readers_cut_identical_stamps(small_brick, monkeypatch, strategy):
+    import gpu_inject.io.coadd as coadd
+
+    files = CoaddSource(small_brick["root"], layout="flat").brick_files(small_brick["brick"], "grz")
+    w = wcs_from_header(small_brick["header"])
+    ny, nx = small_brick["shape"]
+    pix = np.array([[35.2, 15.4], [150.0, 130.0], [nx - 1.2, ny - 0.7], [99.5, 100.5],
+                    [-3.0, 10.0]])
+    ra, dec = w.all_pix2world(pix[:, 0], pix[:, 1], 0)
+    with files.open("image", "g") as f:
+        assert f.reader == "fitsio"
+    a = cut_stamps(files, ra[:2], dec[:2], 32, strategy=strategy)
+    a5 = cut_stamps(files, ra, dec, 32, strategy=strategy)
+    monkeypatch.setattr(coadd, "fitsio", None)
+    with files.open("image", "g") as f:
+        assert f.reader == "astropy"
+    b = cut_stamps(files, ra[:2], dec[:2], 32, strategy=strategy)
+    b5 = cut_stamps(files, ra, dec, 32, strategy=strategy)
+    _assert_same_stamps(a, b)
+    _assert_same_stamps(a5, b5)
+    assert a5.ok.tolist() == [True, True, True, True, False]
+    if strategy == "auto":
+        # 2 stamps of 4 tiles in a 9-tile image: by tiles through fitsio (2*4*0.93 < 9),
+        # whole through astropy, whose tile reads cost more (2*4*1.6 > 9)
+        assert (a.strategy, b.strategy) == ("tiles", "whole")
+        assert a5.strategy == b5.strategy == "whole"
+    else:
+        assert a.strategy == b.strategy == a5.strategy == b5.strategy == strategy
+
+
+def test_real_files_fitsio_and_astropy_readers_agree(dr6_source, monkeypatch):
+    import gpu_inject.io.coadd as coadd
+
+    files = dr6_source.brick_files(DR6_BRICK, "gz", products=("image", "invvar"), maskbits=False)
+    with files.open("image", "g") as f:
+        assert f.reader == "fitsio" and f.tile_shape == (100, 100)
+        w = wcs_from_header(f.header)
+    pix = np.array([[400.3, 900.7], [99.6, 199.4], [820.2, 1850.9], [5.4, 3.0]])  # last: edge
+    ra, dec = w.all_pix2world(pix[:, 0], pix[:, 1], 0)
+    kw = dict(maskbits=False, psfsize=False)
+    a = [cut_stamps(files, ra, dec, 64, strategy=s, **kw) for s in ("tiles", "whole")]
+    monkeypatch.setattr(coadd, "fitsio", None)
+    b = [cut_stamps(files, ra, dec, 64, strategy=s, **kw) for s in ("tiles", "whole")]
+    for x, y in zip(a, b):
+        assert x.ok.all() and x.strategy == y.strategy
+        assert x.edge.tolist() == [False, False, False, True]
+        _assert_same_stamps(x, y)
+    assert np.array_equal(a[0].image, a[1].image)

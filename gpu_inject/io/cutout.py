@@ -21,28 +21,32 @@ Reading strategy, decided per brick from the number of stamps (``choose_strategy
 * ``"tiles"``: each stamp reads its region through fitsio (local files) or
   ``CompImageHDU.section`` (files held in memory), which decompress only the tiles (100x100
   in DR10) the region overlaps: <= 4 tiles for a 64x64 stamp.
-* ``"whole"``: each file is decompressed once and every stamp is a slice of it.
+* ``"whole"``: each file is decompressed once (by astropy) and every stamp is a slice of it.
+
+Files are opened by :meth:`CoaddSource.open_fits` (see ``coadd.py``): a local file through
+fitsio alone: 2.6 ms for the 10 files of a grz brick, where astropy's ``fits.open`` takes 36
+ms, most of it building the image headers of the tile-compressed HDUs.
 
 Measured on 3600x3600 DR10-format mock bricks (RICE image/invvar, GZIP psfsize, HCOMPRESS
 maskbits), grz, 64x64 stamps, one core (``benchmarks/cutout_speed.py``): astropy's
 ``section`` costs 0.45-0.65 ms of fixed overhead per call (its header checks) plus ~0.05 ms
 per tile, so local files are read by tiles through fitsio (cfitsio, as legacypipe does; the
-same tiles, bit for bit), ~0.23 ms per 64x64 window; a whole-image decompression costs about
-0.06 ms per tile. A stamp read by tiles therefore costs about ``TILE_CALL_COST`` (1.0 with
-fitsio, 1.6 through astropy for files held in memory) x its tile count in whole-image tile
-equivalents, and ``tiles`` wins while
-``n_stamps * tiles_per_stamp * TILE_CALL_COST < n_tiles_in_image``: for DR10 (1296 tiles of
-100x100; a 64x64 or 96x96 stamp overlaps at most 2x2 of them) fewer than ~320 stamps per
-brick (measured at 300: 0.73 s by tiles, 0.80 s whole). ``choose_strategy`` computes it
-from the actual image and tile shapes of the brick, so small or differently tiled images are
-handled too. Either way each
-file is opened once per brick and no pixel is read twice in ``whole`` mode.
+same tiles, bit for bit): per window 0.41 ms image, 0.12 ms invvar, 0.13 ms for the psfsize
+pixel (one GZIP tile), 0.44 ms maskbits, ~2.3 ms per grz stamp in all. A whole-image
+decompression through astropy costs about 0.06 ms per tile, 0.8 s per brick (cfitsio's is
+1.5-3x slower, hence astropy). A stamp read by tiles therefore costs about
+``TILE_CALL_COSTS[reader]`` (0.93 with fitsio, 1.6 through astropy for files held in memory)
+x its tile count in whole-image tile equivalents, and ``tiles`` wins while
+``n_stamps * tiles_per_stamp * tile_call_cost < n_tiles_in_image``: for DR10 (1296 tiles of
+100x100; a 64x64 or 96x96 stamp overlaps at most 2x2 of them) fewer than ~350 stamps per
+brick (measured: 300 stamps 0.68 s by tiles, 0.80 s whole; 400 stamps 0.95 s by tiles,
+0.89 s whole). ``choose_strategy`` computes it from the actual image and tile shapes of the
+brick, so small or differently tiled images are handled too. Either way each file is opened
+once per brick and no pixel is read twice in ``whole`` mode.
 """
 from __future__ import annotations
 
 import math
-import os
-import threading
 import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -51,12 +55,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 
-try:  # cfitsio for tile reads of local files (see _Reader); astropy does the rest
-    import fitsio
-except ImportError:  # pragma: no cover - fitsio is a dependency; astropy alone also works
-    fitsio = None
-
-from .coadd import BrickFiles, CoaddError
+from .coadd import BrickFiles, CoaddError, ImageFile, fitsio
 
 __all__ = [
     "StampSet",
@@ -67,12 +66,16 @@ __all__ = [
     "sky_to_pixel",
     "stamp_origin",
     "TILE_CALL_COST",
+    "TILE_CALL_COSTS",
 ]
 
 #: Cost of one stamp's tile read per tile touched, relative to the per-tile cost of a
-#: whole-image decompression (measured, see module docstring): 1.6 through astropy's
-#: ``section``, 1.0 through fitsio, which local files use.
-TILE_CALL_COST = 1.0 if fitsio is not None else 1.6
+#: whole-image decompression (measured, see module docstring), by the library that reads
+#: the tiles (:attr:`ImageFile.reader`): fitsio for local files, astropy's ``section`` for
+#: files held in memory.
+TILE_CALL_COSTS = {"fitsio": 0.93, "astropy": 1.6}
+#: The cost for local files, which is what most runs read.
+TILE_CALL_COST = TILE_CALL_COSTS["fitsio" if fitsio is not None else "astropy"]
 
 
 # --------------------------------------------------------------------------- WCS helpers
@@ -138,8 +141,11 @@ def _same_cards(a: tuple, b: tuple) -> bool:
 
 
 def choose_strategy(n_stamps: int, size: int, image_shape: Sequence[int],
-                    tile_shape: Sequence[int] | None) -> str:
-    """``"tiles"`` or ``"whole"`` for a brick, from the number of stamps (see module doc)."""
+                    tile_shape: Sequence[int] | None,
+                    tile_call_cost: float = TILE_CALL_COST) -> str:
+    """``"tiles"`` or ``"whole"`` for a brick, from the number of stamps (see module doc).
+
+    ``tile_call_cost``: :data:`TILE_CALL_COSTS` of the library that reads the tiles."""
     ny, nx = int(image_shape[0]), int(image_shape[1])
     if not tile_shape:
         return "whole"
@@ -148,17 +154,7 @@ def choose_strategy(n_stamps: int, size: int, image_shape: Sequence[int],
     # Tiles a size x size stamp overlaps, in the typical (unaligned) case.
     per_stamp = (math.ceil((size - 1) / ty) + 1) * (math.ceil((size - 1) / tx) + 1)
     per_stamp = min(per_stamp, n_tiles)
-    return "tiles" if n_stamps * per_stamp * TILE_CALL_COST < n_tiles else "whole"
-
-
-def _tile_shape(hdu) -> tuple[int, int] | None:
-    if not isinstance(hdu, fits.CompImageHDU):
-        return None
-    h = hdu._bintable.header if hasattr(hdu, "_bintable") else hdu.header
-    t1, t2 = h.get("ZTILE1"), h.get("ZTILE2")
-    if t1 is None or t2 is None:
-        return None
-    return int(t2), int(t1)  # (rows, cols)
+    return "tiles" if n_stamps * per_stamp * tile_call_cost < n_tiles else "whole"
 
 
 # --------------------------------------------------------------------------- result
@@ -216,70 +212,6 @@ class StampSet:
 
 
 # --------------------------------------------------------------------------- reading
-#: astropy's HCOMPRESS decoder (cfitsio's hdecompress) keeps its state in C globals: two
-#: threads decoding at once corrupt each other ("qtree_decode64: bad format code", seen in
-#: tests/test_io_coadd.py::test_s3_cache_concurrent_workers). HCOMPRESS reads are serialised.
-_HCOMPRESS_LOCK = threading.Lock()
-
-
-class _NoLock:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-class _Reader:
-    """Reads windows of one HDU by tiles (section) or from the decompressed image."""
-
-    def __init__(self, hdu, path: str, *, strategy: str, local_file: str | None = None):
-        self.hdu = hdu
-        self.path = path
-        self.full = None
-        # Tile reads through cfitsio (fitsio, as legacypipe reads these files) when the file
-        # is on local disk: the same tiles decoded by the same algorithm, without astropy's
-        # per-call header checks, which cost more than decoding the tiles themselves.
-        self.fx = None
-        if (strategy == "tiles" and fitsio is not None and isinstance(local_file, str)
-                and os.path.isfile(local_file)):
-            self._fits = fitsio.FITS(local_file)
-            self.fx = self._fits[1]
-        ctype = str(getattr(hdu, "compression_type", "") or "").upper()
-        self.lock = _HCOMPRESS_LOCK if ctype.startswith("HCOMPRESS") else _NoLock()
-        if strategy == "whole":
-            try:
-                # section[...] decompresses every tile once without caching the result on
-                # the HDU, so the array is freed as soon as this reader is.
-                if isinstance(hdu, fits.CompImageHDU):
-                    with self.lock:
-                        self.full = np.asarray(hdu.section[...])
-                else:
-                    self.full = np.asarray(hdu.data)
-            except Exception as exc:
-                raise CoaddError(f"corrupt FITS file {path}: cannot decompress: "
-                                 f"{type(exc).__name__}: {exc}") from exc
-            if self.full is None or self.full.shape != tuple(hdu.shape):
-                raise CoaddError(f"corrupt FITS file {path}: image data unreadable")
-
-    def close(self):
-        if self.fx is not None:
-            self._fits.close()
-            self.fx = None
-
-    def window(self, ys: int, ye: int, xs: int, xe: int) -> np.ndarray:
-        if self.full is not None:
-            return self.full[ys:ye, xs:xe]
-        try:
-            with self.lock:
-                if self.fx is not None:
-                    return self.fx[ys:ye, xs:xe]
-                return np.asarray(self.hdu.section[ys:ye, xs:xe])
-        except Exception as exc:
-            raise CoaddError(f"corrupt FITS file {self.path}: cannot decompress "
-                             f"[{ys}:{ye}, {xs}:{xe}]: {type(exc).__name__}: {exc}") from exc
-
-
 def _as_int32_mask(a: np.ndarray) -> np.ndarray:
     a = np.asarray(a)
     if a.dtype.kind == "i" and a.dtype.itemsize < 4:
@@ -347,7 +279,7 @@ def cut_brick(source, brick: str, ra, dec, size: int, bands: Sequence[str], *,
 def _cut_into(out: StampSet, files: BrickFiles, ra, dec, size, bands, want_mask, want_psf,
               strategy):
     h = size // 2
-    opened: list[fits.HDUList] = []
+    opened: list[ImageFile] = []
     try:
         # Open every file once; check shapes and WCS agree with the reference (first image).
         specs = [("image", b) for b in bands] + [("invvar", b) for b in bands]
@@ -355,32 +287,28 @@ def _cut_into(out: StampSet, files: BrickFiles, ra, dec, size, bands, want_mask,
             specs += [("psfsize", b) for b in bands]
         if want_mask:
             specs.append(("maskbits", None))
-        hdus = {}
+        imgs: dict = {}
         wcs_ref = None
-        shape_ref = None
-        ref_path = None
         for spec in specs:
             if not files.has(*spec):
                 band = f"band {spec[1]} " if spec[1] else ""
                 raise CoaddError(f"brick {files.brick}: {band}{spec[0]} file not resolved")
-            path = files.path(*spec)
-            hdul = files.open(*spec)
-            opened.append(hdul)
-            hdu = hdul[1]
+            img = files.open(*spec)
+            opened.append(img)
             if wcs_ref is None:
                 try:
-                    wcs_ref = wcs_from_header(hdu.header)
+                    wcs_ref = wcs_from_header(img.header)
                 except Exception as exc:
-                    raise CoaddError(f"no usable WCS in {path}: {type(exc).__name__}: "
+                    raise CoaddError(f"no usable WCS in {img.name}: {type(exc).__name__}: "
                                      f"{exc}") from exc
-                shape_ref, ref_path, cards_ref = tuple(hdu.shape), path, _wcs_cards(hdu.header)
-            elif tuple(hdu.shape) != shape_ref or not _same_cards(_wcs_cards(hdu.header),
-                                                                 cards_ref):
-                raise CoaddError(f"brick {files.brick}: {path} (shape {tuple(hdu.shape)}) does "
-                                 f"not share the pixel grid of {ref_path} (shape {shape_ref})")
-            hdus[spec] = (hdu, path, hdul.filename())
+                ref, cards_ref = img, _wcs_cards(img.header)
+            elif img.shape != ref.shape or (img.wcs_cards != ref.wcs_cards and not _same_cards(
+                    _wcs_cards(img.header), cards_ref)):
+                raise CoaddError(f"brick {files.brick}: {img.name} (shape {img.shape}) does "
+                                 f"not share the pixel grid of {ref.name} (shape {ref.shape})")
+            imgs[spec] = img
 
-        ny, nx = shape_ref
+        ny, nx = ref.shape
         out.image_shape = (ny, nx)
         out.pixscale = _pixscale_arcsec(wcs_ref)
         px, py = sky_to_pixel(wcs_ref, ra, dec)
@@ -401,9 +329,10 @@ def _cut_into(out: StampSet, files: BrickFiles, ra, dec, size, bands, want_mask,
         out.edge = inside & ((x0 < 0) | (y0 < 0) | (x0 + size > nx) | (y0 + size > ny))
         rows = np.flatnonzero(inside)
 
-        first = hdus[("image", bands[0])][0]
+        first = imgs[("image", bands[0])]
         if strategy == "auto":
-            strategy = choose_strategy(len(rows), size, shape_ref, _tile_shape(first))
+            strategy = choose_strategy(len(rows), size, ref.shape, first.tile_shape,
+                                       TILE_CALL_COSTS[first.reader])
         if strategy not in ("tiles", "whole"):
             raise ValueError(f"unknown strategy {strategy!r}")
         out.strategy = strategy
@@ -416,38 +345,38 @@ def _cut_into(out: StampSet, files: BrickFiles, ra, dec, size, bands, want_mask,
         ys = np.clip(y0, 0, ny)
         ye = np.clip(y0 + size, 0, ny)
 
-        def fill(dst, reader):
+        def reader(spec, convert=None):
+            """read(ys, ye, xs, xe) of one file: its tiles, or slices of the whole image
+            (decompressed here, freed when the returned function is)."""
+            if strategy == "tiles":
+                return imgs[spec].read
+            full = imgs[spec].read_all()
+            if convert is not None:
+                full = convert(full)
+            return lambda a, b, c, d: full[a:b, c:d]
+
+        def fill(dst, read, convert=None):
             for i in rows:
                 a, b, c, d = int(ys[i]), int(ye[i]), int(xs[i]), int(xe[i])
-                win = reader.window(a, b, c, d)
-                dst(i)[a - y0[i]:b - y0[i], c - x0[i]:d - x0[i]] = win
+                win = read(a, b, c, d)
+                dst(i)[a - y0[i]:b - y0[i], c - x0[i]:d - x0[i]] = (
+                    win if convert is None else convert(win))
 
         for k, b in enumerate(bands):
             for product, arr in (("image", out.image), ("invvar", out.invvar)):
-                hdu, path, local = hdus[(product, b)]
-                reader = _Reader(hdu, path, strategy=strategy, local_file=local)
-                fill(lambda i, arr=arr, k=k: arr[i, k], reader)
-                reader.close()
+                fill(lambda i, arr=arr, k=k: arr[i, k], reader((product, b)))
             if want_psf:
-                hdu, path, local = hdus[("psfsize", b)]
-                reader = _Reader(hdu, path, strategy=strategy, local_file=local)
+                read = reader(("psfsize", b))
                 for i in rows:
-                    out.psfsize[i, k] = reader.window(int(cy[i]), int(cy[i]) + 1,
-                                                      int(cx[i]), int(cx[i]) + 1)[0, 0]
-                reader.close()
+                    out.psfsize[i, k] = read(int(cy[i]), int(cy[i]) + 1,
+                                             int(cx[i]), int(cx[i]) + 1)[0, 0]
+                del read
         if want_mask:
-            hdu, path, local = hdus[("maskbits", None)]
-            reader = _Reader(hdu, path, strategy=strategy, local_file=local)
-            if reader.full is not None:
-                reader.full = _as_int32_mask(reader.full)
-            for i in rows:
-                a, b_, c, d = int(ys[i]), int(ye[i]), int(xs[i]), int(xe[i])
-                out.maskbits[i, a - y0[i]:b_ - y0[i], c - x0[i]:d - x0[i]] = \
-                    _as_int32_mask(reader.window(a, b_, c, d))
-            reader.close()
+            fill(lambda i: out.maskbits[i], reader(("maskbits", None), _as_int32_mask),
+                 _as_int32_mask)
     finally:
-        for hdul in opened:
+        for img in opened:
             try:
-                hdul.close()
+                img.close()
             except Exception:
                 pass
