@@ -7,7 +7,7 @@ compressed bricks to Parquet, after one warm-up run on a single brick (Numba's c
 stamps/s, stamps/s per core, and where the time went: reading (thread-seconds in the brick
 readers, overlapping the engine), engine and writing; ``--json`` keeps the record.
 
-    python benchmarks/pipeline_speed.py --bricks 24 --per-brick 60 --repeats 3
+    python benchmarks/pipeline_speed.py --bricks 72 --per-brick 60 --repeats 3
 """
 import argparse
 import json
@@ -80,7 +80,7 @@ def build(folder, nbricks, per_brick, size, seed, controls=True):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bricks", type=int, default=24)
+    ap.add_argument("--bricks", type=int, default=72)
     ap.add_argument("--per-brick", type=int, default=60)
     ap.add_argument("--size", type=int, default=3600)
     ap.add_argument("--workers", type=int, default=2)

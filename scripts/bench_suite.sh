@@ -17,9 +17,9 @@ python benchmarks/accuracy.py --draws 200 --stamp-size 64 --seed 0 --lenstronomy
     --json "$out-accuracy.json"
 python benchmarks/memory.py --json "$out-memory.json"
 python benchmarks/cutout_speed.py --json "$out-cutout.json"
-python benchmarks/pipeline_speed.py --bricks 24 --per-brick 60 --repeats 3 \
+python benchmarks/pipeline_speed.py --bricks 72 --per-brick 60 --repeats 3 \
     --json "$out-pipeline.json"
-python benchmarks/pipeline_speed.py --bricks 24 --per-brick 60 --repeats 3 --no-controls \
+python benchmarks/pipeline_speed.py --bricks 72 --per-brick 60 --repeats 3 --no-controls \
     --json "$out-pipeline-injections.json"
 gpu-inject bench --backend all --project-manifest 10627158,180152 --executors 30 \
     --json "$out-projection.json"
