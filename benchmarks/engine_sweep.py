@@ -30,10 +30,12 @@ def _ints(text):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backends", default="cpu,gpu")
-    ap.add_argument("--batch-sizes", default="1,16,128,1024,4096")
+    ap.add_argument("--batch-sizes", default="1,16,128,1024",
+                    help="on a GPU add 4096,16384 (a point times max(batch, --stamps) stamps)")
     ap.add_argument("--stamp-sizes", default="64,96")
-    ap.add_argument("--min-stamps", type=int, default=256,
-                    help="stamps per point at least (and at least one batch)")
+    ap.add_argument("--stamps", type=int, default=1024,
+                    help="stamps per point (the same draws for every batch size up to it; "
+                         "a bigger batch times one batch)")
     ap.add_argument("--threads", default=None,
                     help="CPU thread counts for the scaling curve (default 1..cores, doubling)")
     ap.add_argument("--thread-stamps", type=int, default=1024)
@@ -45,7 +47,7 @@ def main(argv=None):
         for size in _ints(a.stamp_sizes):
             for batch in _ints(a.batch_sizes):
                 try:
-                    r = run_bench(backend, stamps=max(batch, a.min_stamps), stamp_size=size,
+                    r = run_bench(backend, stamps=max(batch, a.stamps), stamp_size=size,
                                   repeats=a.repeats, batch_size=batch)
                 except BackendUnavailable as exc:
                     print(f"{backend}: skipped ({exc})", file=sys.stderr)

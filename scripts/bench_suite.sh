@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 label="${1:-$(hostname -s)}"
 out="benchmarks/results/$(date -u +%F)-$label"
 mkdir -p benchmarks/results
-python benchmarks/engine_sweep.py --json "$out-engine-sweep.json"
+python benchmarks/engine_sweep.py --json "$out-engine-sweep.json"   # on a GPU: --batch-sizes 1,16,128,1024,4096,16384
 python benchmarks/compare_lenstronomy.py --stamps 1024 --lenstronomy-stamps 200 --repeats 5 \
     --json "$out-vs-lenstronomy.json"
 python benchmarks/accuracy.py --draws 200 --stamp-size 64 --seed 0 --lenstronomy-ss 4,16,32 \
