@@ -427,6 +427,17 @@ class _Progress:
             self.bar.close()
 
 
+def _exit_with_parent(parent_pid, every=1.0):
+    """In a reader process: exit as soon as the run that started it is gone (killed with
+    SIGKILL, say), instead of lingering with its memory until the machine reboots."""
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(every)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
 def _prefetch(jobs, fn, workers, depth):
     """fn(*job) for each job, in order, computed by ``workers`` processes at most ``depth``
     jobs ahead of the consumer (memory is bounded by depth, not by the manifest).
@@ -438,7 +449,8 @@ def _prefetch(jobs, fn, workers, depth):
     from concurrent.futures import ProcessPoolExecutor
 
     it = iter(jobs)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                             initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
         futures = deque(pool.submit(fn, *job) for _, job in zip(range(depth), it))
         try:
             while futures:

@@ -350,6 +350,29 @@ def _parts(out):
             if f.startswith("part-")]
 
 
+def _children(pid):
+    """PIDs whose parent is ``pid`` (Linux /proc)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc (Linux)")
 def test_sigkill_at_random_points_then_rerun_gives_every_row_once(world, tmp_path):
     """A run killed with SIGKILL (no cleanup at all) at random moments, then started again
     with the same command, ends with the same rows as an uninterrupted run, each once."""
@@ -382,8 +405,15 @@ def test_sigkill_at_random_points_then_rerun_gives_every_row_once(world, tmp_pat
             time.sleep(0.01)
         time.sleep(rng.uniform(0.0, 0.5))
         if p.poll() is None:
+            readers = _children(p.pid)
             p.send_signal(signal.SIGKILL)
             kills += 1
+            p.wait()
+            # its reader processes do not outlive it
+            deadline = time.monotonic() + 10
+            while any(_alive(r) for r in readers) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not [r for r in readers if _alive(r)], "orphaned reader processes"
         p.wait()
     assert kills >= 2, "the runs finished before they could be killed"
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
