@@ -1,8 +1,9 @@
 """The engine without I/O: render the lensed source, convolve, inject, reduce metrics.
 
-One interface, several backends. ``cpu`` runs Numba-compiled loops on this machine's cores;
-``gpu`` (CUDA kernels, CuPy FFT) plugs in behind the same ``Backend`` methods; ``auto`` picks
-the best backend that works here and says why.
+One interface, two backends: ``CpuBackend`` (Numba loops on this machine's cores) and
+``GpuBackend`` (Numba CUDA kernels on CuPy arrays, cuFFT), each with ``xp`` (its array
+module), ``chunk``, ``reduce`` (its metric kernels), ``to_device``/``to_host``, ``render``
+and ``convolve_crop``. ``auto`` picks the GPU when one works and says why.
 """
 from dataclasses import dataclass
 
