@@ -169,7 +169,8 @@ def _print_summary(summary):
 @click.option("--batch-size", type=int, default=1024, show_default=True,
               help="Stamps per engine batch (memory grows with it).")
 @click.option("--workers", type=int, default=4, show_default=True,
-              help="Brick-reading threads (they read ahead of the engine).")
+              help="Brick-reading processes ahead of the engine (--executor local; a "
+                   "Spark task reads its unit in its own process).")
 @click.option("--coadd-layout", type=click.Choice(["legacysurvey", "flat"]),
               default="legacysurvey", show_default=True)
 @click.option("--use-psfsize-maps/--no-use-psfsize-maps", default=True, show_default=True,
@@ -183,9 +184,15 @@ def _print_summary(summary):
               help="Progress bar (default: on a terminal; log lines otherwise).")
 @click.option("--unit-rows", type=int, default=256, show_default=True,
               help="Rows per work unit (whole bricks; one part per unit and split).")
+@click.option("--executor", type=click.Choice(["local", "spark"]), default="local",
+              show_default=True,
+              help="Run the units here, or as Spark tasks (one unit per task; same output).")
+@click.option("--spark-master", default=None,
+              help="With --executor spark: the master URL (local[4], yarn, spark://...); "
+                   "default: the active or spark-submit session, else local[*].")
 def run(manifest, coadd_root, out, experiment_id, bands, stamp_size, backend, batch_size,
         workers, coadd_layout, use_psfsize_maps, psf_model, moffat_beta, cache_dir, force,
-        progress, unit_rows):
+        progress, unit_rows, executor, spark_master):
     """Inject arcs for every row of a manifest; write stamps and metrics as Parquet."""
     from .pipeline import PipelineError, RunOptions
     from .pipeline import run as run_pipeline
@@ -195,7 +202,8 @@ def run(manifest, coadd_root, out, experiment_id, bands, stamp_size, backend, ba
                       backend=backend, batch_size=batch_size, workers=workers,
                       coadd_layout=coadd_layout, use_psfsize_maps=use_psfsize_maps,
                       psf_model=psf_model, moffat_beta=moffat_beta, cache_dir=cache_dir,
-                      force=force, unit_rows=unit_rows)
+                      force=force, unit_rows=unit_rows, executor=executor,
+                      spark_master=spark_master)
     try:
         summary = run_pipeline(opts, progress=progress)
     except PipelineError as exc:

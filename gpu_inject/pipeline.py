@@ -1,5 +1,7 @@
-"""The host loop of ``gpu-inject run``: manifest -> work units -> brick reads (a thread pool,
-ahead of the engine) -> batches across bricks -> engine -> Parquet parts (SPEC sections 4-7).
+"""The host loop of ``gpu-inject run``: manifest -> work units -> brick reads (reader
+processes ahead of the engine) -> batches across bricks -> engine -> Parquet parts (SPEC
+sections 4-7). :func:`process_units` is that loop for a list of units; it runs here
+(``--executor local``) or inside Spark tasks (``--executor spark``, gpu_inject.spark).
 
 Resume is the plan itself: units are deterministic (the manifest's bricks in a fixed order,
 cut into units of whole bricks once a unit holds ``UNIT_ROWS`` rows), each unit writes one
@@ -42,6 +44,8 @@ INVALID_SPLIT = "invalid"
 #: Options whose change alters the output: a restart with other values is refused.
 COMPARED_OPTIONS = ("manifest", "coadd_root", "coadd_layout", "bands", "stamp_size",
                     "use_psfsize_maps", "psf_model", "moffat_beta", "unit_rows")
+#: Where the units run: this machine, or Spark tasks (the same parts either way).
+EXECUTORS = ("local", "spark")
 
 
 class PipelineError(RuntimeError):
@@ -68,6 +72,10 @@ class RunOptions:
     cache_dir: str | None = None
     force: bool = False
     unit_rows: int = UNIT_ROWS
+    #: ``local`` (this machine: reader processes + engine) or ``spark`` (one Spark task per
+    #: unit, gpu_inject.spark); the output does not depend on it.
+    executor: str = "local"
+    spark_master: str | None = None
 
     def check(self):
         """PipelineError naming the first bad option."""
@@ -91,6 +99,10 @@ class RunOptions:
             raise PipelineError(f"--psf-model {self.psf_model}: choose gaussian or moffat")
         if not (math.isfinite(self.moffat_beta) and self.moffat_beta > 1):
             raise PipelineError(f"--moffat-beta {self.moffat_beta}: must be > 1")
+        if self.executor not in EXECUTORS:
+            raise PipelineError(f"--executor {self.executor}: choose {' or '.join(EXECUTORS)}")
+        if self.spark_master and self.executor != "spark":
+            raise PipelineError(f"--spark-master {self.spark_master}: only with --executor spark")
 
 
 @dataclass
@@ -120,6 +132,7 @@ class RunSummary:
     seconds: float
     timings: dict = field(default_factory=dict)
     error_reasons: dict = field(default_factory=dict)
+    executor: str = "local"
 
 
 def _partition(split) -> str:
@@ -209,6 +222,7 @@ class UnitData:
     psf_source: np.ndarray   # [n, B] int8, -1 unresolved
     results: dict            # metric name -> [n] or [n, B], NaN where not computed
     read_s: float = 0.0
+    engine_s: float = 0.0    # its share (by rows) of the engine batches it was in
     pending: int = 0         # rows still in the engine
 
     @property
@@ -310,19 +324,20 @@ def metrics_table(d: UnitData, bands, rows: np.ndarray) -> pa.Table:
     return pa.table(cols)
 
 
-def write_unit(d: UnitData, store: Store, opts: RunOptions) -> float:
+def write_unit(d: UnitData, store: Store, opts: RunOptions, after_part=None) -> float:
     """Write every part of a unit (stamps first, then metrics); returns the seconds taken.
-    PipelineError when the output cannot be written."""
+    PipelineError when the output cannot be written. ``after_part(dataset, path, unit)``, when
+    given, is called after each part is in place (a test seam: kill a task between parts)."""
     t0 = time.perf_counter()
     try:
-        _write_parts(d, store, opts)
+        _write_parts(d, store, opts, after_part)
     except Exception as exc:  # noqa: BLE001 - output not writable: fatal, one line
         raise PipelineError(f"--out {opts.out}: cannot write unit {d.unit.uid}: "
                             f"{' '.join(f'{type(exc).__name__}: {exc}'.split())}") from None
     return time.perf_counter() - t0
 
 
-def _write_parts(d: UnitData, store: Store, opts: RunOptions):
+def _write_parts(d: UnitData, store: Store, opts: RunOptions, after_part=None):
     split = np.asarray([_partition(s) for s in d.table["region_split"].to_pylist()])
     ok = d.good
     for part in d.unit.splits:
@@ -333,9 +348,12 @@ def _write_parts(d: UnitData, store: Store, opts: RunOptions):
         stamps = stamps_table(*(t[c].to_pylist() for c in
                                 ("task_id", "brickname", "ra", "dec", "lens_model")),
                               opts.bands, *arrays, ok[rows], size=opts.stamp_size)
-        store.write_part(stamps, store.part("stamps", opts.experiment_id, part, d.unit.uid))
-        store.write_part(metrics_table(d, opts.bands, rows),
-                         store.part("metrics", opts.experiment_id, part, d.unit.uid))
+        for dataset in ("stamps", "metrics"):
+            table = stamps if dataset == "stamps" else metrics_table(d, opts.bands, rows)
+            path = store.part(dataset, opts.experiment_id, part, d.unit.uid)
+            store.write_part(table, path)
+            if after_part is not None:
+                after_part(dataset, path, d.unit)
 
 
 # --------------------------------------------------------------------------- the run
@@ -487,17 +505,126 @@ def _run_batch(backend, segments, opts: RunOptions):
         start += rows.size
 
 
+def _inline(jobs, fn):
+    """fn(*job) for each job, in this process (a Spark task: its parallelism is Spark's)."""
+    for job in jobs:
+        yield fn(*job)
+
+
+def process_units(jobs, backend, store: Store, source: CoaddSource, opts: RunOptions, *,
+                  workers: int, on_unit=None, after_part=None) -> list:
+    """The host loop, shared by every executor: for each ``(Unit, table, errors)`` of
+    ``jobs`` (the unit, its manifest rows, their manifest errors) read its bricks (``workers``
+    processes ahead of the engine, or in this process when ``workers`` is 0), run the engine
+    on batches of ``opts.batch_size`` stamps across units, and write the unit's parts (a
+    writer thread). Returns one summary per unit, in the order they were written:
+    ``{unit, uid, rows, ok, controls, errors, bricks, read_s, engine_s, write_s}``.
+    ``on_unit(summary)`` is called as each unit is written. PipelineError when the output
+    cannot be written."""
+    summaries = []
+    lock = threading.Lock()
+
+    def finish(d):
+        write_s = write_unit(d, store, opts, after_part)
+        good = d.good
+        control = d.cols["lens_model"] == "CONTROL"
+        s = {"unit": d.unit.index, "uid": d.unit.uid, "rows": int(d.unit.rows.size),
+             "ok": int(good.sum()), "controls": int((good & control).sum()),
+             "errors": int((~good).sum()), "bricks": len(d.unit.bricks),
+             "read_s": d.read_s, "engine_s": d.engine_s, "write_s": write_s}
+        with lock:
+            summaries.append(s)
+            if on_unit is not None:
+                on_unit(s)
+
+    written = deque()
+    waiting = []                # units read, not yet written
+    queue = []                  # (UnitData, rows) not yet sent to the engine
+    queued = 0
+    depth = 2 * max(workers, 1)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer") as writer:
+        def write_ready():
+            """Hand every finished unit to the writer; at most 2 wait for it."""
+            for d in [d for d in waiting if d.pending == 0]:
+                waiting.remove(d)
+                written.append(writer.submit(finish, d))
+                while len(written) > 2:
+                    written.popleft().result()
+
+        def flush(limit):
+            nonlocal queue, queued
+            while queued >= limit and queued > 0:
+                take, segs = min(opts.batch_size, queued), []
+                while take:
+                    d, rows = queue[0]
+                    k = min(take, rows.size)
+                    segs.append((d, rows[:k]))
+                    if k == rows.size:
+                        queue.pop(0)
+                    else:
+                        queue[0] = (d, rows[k:])
+                    take -= k
+                    queued -= k
+                t0 = time.perf_counter()
+                _run_batch(backend, segs, opts)
+                dt = time.perf_counter() - t0
+                total = sum(rows.size for _, rows in segs)
+                for d, rows in segs:
+                    d.engine_s += dt * rows.size / total
+                write_ready()
+
+        reads = ((u, t, e, source, opts) for u, t, e in jobs)
+        stream = (_prefetch(reads, read_unit, workers, depth) if workers > 0
+                  else _inline(reads, read_unit))
+        for d in stream:
+            rows = np.flatnonzero(d.good)
+            d.pending = rows.size
+            waiting.append(d)
+            if rows.size:
+                queue.append((d, rows))
+                queued += rows.size
+            # A full batch goes to the engine; so does a partial one once too many units
+            # wait on it (sparse valid rows among error rows), which bounds memory. Batch
+            # composition does not change any result.
+            flush(opts.batch_size if len(waiting) <= depth else 1)
+            write_ready()
+        flush(1)
+        for f in written:
+            f.result()
+    return summaries
+
+
+def sum_timings(summaries) -> dict:
+    """Seconds spent reading, in the engine and writing, summed over units (over every
+    executor: CPU-seconds, not wall time, on a cluster)."""
+    return {k: float(sum(s[k] for s in summaries)) for k in ("read_s", "engine_s", "write_s")}
+
+
+def _backend_record(backend) -> dict:
+    return {"name": backend.name, "device": backend.device, "why": backend.why}
+
+
 def run(opts: RunOptions, *, progress=None, storage_options=None, log=None) -> RunSummary:
     """``gpu-inject run``: every row of the manifest written exactly once (error rows
-    included) under ``opts.out``. PipelineError for a fatal problem."""
+    included) under ``opts.out``. PipelineError for a fatal problem.
+
+    The units not yet done run here (``opts.executor == "local"``) or as Spark tasks
+    (``"spark"``, gpu_inject.spark): the same plan, the same :func:`process_units`, the same
+    parts, so either executor resumes the other's run."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     t_start = time.perf_counter()
     started = _now()
     opts.check()
-    try:
-        backend = engine.get_backend(opts.backend)
-    except engine.BackendUnavailable as exc:
-        raise PipelineError(str(exc)) from None
+    backend = None
+    if opts.executor == "local":
+        try:
+            backend = engine.get_backend(opts.backend)
+        except engine.BackendUnavailable as exc:
+            raise PipelineError(str(exc)) from None
+    else:
+        from . import spark
+
+        spark.check_available()
     from .io.manifest import ManifestError
 
     try:
@@ -526,7 +653,10 @@ def run(opts: RunOptions, *, progress=None, storage_options=None, log=None) -> R
                      "fingerprint": fingerprint},
         "plan": {"units": len(units), "unit_rows": opts.unit_rows,
                  "bricks": int(sum(len(u.bricks) for u in units))},
-        "backend": {"name": backend.name, "device": backend.device, "why": backend.why},
+        "executor": {"name": opts.executor},
+        "backend": (_backend_record(backend) if backend is not None else
+                    {"name": opts.backend, "device": "chosen by each Spark task",
+                     "why": f"--backend {opts.backend} on the executors"}),
         "versions": _versions(),
         "host": {"machine": platform.machine(), "node": platform.node(),
                  "cpus": os.cpu_count()},
@@ -544,88 +674,48 @@ def run(opts: RunOptions, *, progress=None, storage_options=None, log=None) -> R
     todo = [u for u in units
             if not all(p in existing for p in _expected_parts(u, store, opts.experiment_id))]
     done_before = len(units) - len(todo)
+    where = (f"backend {backend.name} ({backend.why}; {backend.device})" if backend is not None
+             else f"Spark tasks, --backend {opts.backend} on each executor")
     log(f"gpu-inject run: {manifest.table.num_rows} rows, {len(units)} units "
-        f"({done_before} already done), backend {backend.name} ({backend.why}; "
-        f"{backend.device})")
+        f"({done_before} already done), {where}")
 
-    timings = {"read_s": 0.0, "engine_s": 0.0, "write_s": 0.0}
-    bar = _Progress(int(sum(u.rows.size for u in todo)),
-                    int(sum(len(u.bricks) for u in todo)), enabled=progress)
-    written = deque()
-    lock = threading.Lock()
-
-    def finish(d):
-        timings["write_s"] += write_unit(d, store, opts)
-        with lock:
-            bar.update(d.unit.rows.size, len(d.unit.bricks), int((~d.good).sum()))
-
-    waiting = []                # units read, not yet written
-    queue = []                  # (UnitData, rows) not yet sent to the engine
-    queued = 0
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer") as writer:
-        def write_ready():
-            """Hand every finished unit to the writer; at most 2 wait for it."""
-            for d in [d for d in waiting if d.pending == 0]:
-                waiting.remove(d)
-                written.append(writer.submit(finish, d))
-                while len(written) > 2:
-                    written.popleft().result()
-
-        def flush(limit):
-            nonlocal queue, queued
-            while queued >= limit and queued > 0:
-                take, segs = min(opts.batch_size, queued), []
-                while take:
-                    d, rows = queue[0]
-                    k = min(take, rows.size)
-                    segs.append((d, rows[:k]))
-                    if k == rows.size:
-                        queue.pop(0)
-                    else:
-                        queue[0] = (d, rows[k:])
-                    take -= k
-                    queued -= k
-                t0 = time.perf_counter()
-                _run_batch(backend, segs, opts)
-                timings["engine_s"] += time.perf_counter() - t0
-                write_ready()
-
-        depth = 2 * opts.workers
-        jobs = ((u, manifest.table.take(pa.array(u.rows)),
-                 [manifest.errors[i] for i in u.rows], source, opts) for u in todo)
-        for d in _prefetch(jobs, read_unit, opts.workers, depth):
-            timings["read_s"] += d.read_s
-            rows = np.flatnonzero(d.good)
-            d.pending = rows.size
-            waiting.append(d)
-            if rows.size:
-                queue.append((d, rows))
-                queued += rows.size
-            # A full batch goes to the engine; so does a partial one once too many units
-            # wait on it (sparse valid rows among error rows), which bounds memory. Batch
-            # composition does not change any result.
-            flush(opts.batch_size if len(waiting) <= depth else 1)
-            write_ready()
-        flush(1)
-        for f in written:
-            f.result()
-    bar.close()
+    jobs = ((u, manifest.table.take(pa.array(u.rows)), [manifest.errors[i] for i in u.rows])
+            for u in todo)
+    if opts.executor == "local":
+        bar = _Progress(int(sum(u.rows.size for u in todo)),
+                        int(sum(len(u.bricks) for u in todo)), enabled=progress)
+        summaries = process_units(
+            jobs, backend, store, source, opts, workers=opts.workers,
+            on_unit=lambda s: bar.update(s["rows"], s["bricks"], s["errors"]))
+        bar.close()
+    else:
+        summaries, record = spark.run_units(list(jobs), opts, storage_options, log)
+        config["executor"].update(record["executor"])
+        if record.get("backend"):
+            config["backend"] = record["backend"]
+        # A task killed while writing leaves a hidden temporary (never read as a part).
+        store.remove_stale_temporaries(opts.experiment_id)
+    reported = sorted(s["unit"] for s in summaries)
+    if reported != sorted(u.index for u in todo):
+        raise PipelineError(f"experiment {opts.experiment_id}: {len(todo)} units to run, "
+                            f"{len(reported)} reported done ({len(set(reported))} distinct)")
 
     counts, reasons = count_rows(store, opts.experiment_id, manifest.table)
     wall = time.perf_counter() - t_start
     rows_done = int(sum(u.rows.size for u in todo))
+    timings = sum_timings(summaries)
     timings.update(wall_s=wall, rows=rows_done,
                    stamps_per_s=rows_done / wall if wall > 0 else 0.0)
     config.update(status="complete", end_time=_now(), counts=counts,
                   error_reasons=reasons, timings=timings)
     config["invocations"] = config["invocations"] + [
-        {"start_time": started, "end_time": config["end_time"], "units_run": len(todo),
-         "units_done_before": done_before, **timings}]
+        {"start_time": started, "end_time": config["end_time"], "executor": opts.executor,
+         "units_run": len(todo), "units_done_before": done_before, **timings}]
     store.write_json(CONFIG_NAME, config)
     return RunSummary(out=opts.out, experiment_id=opts.experiment_id, units=len(units),
                       units_done_before=done_before, rows=counts["in"], ok=counts["ok"],
                       controls=counts["controls"], errors=counts["errors"], seconds=wall,
-                      timings=timings, error_reasons=reasons)
+                      timings=timings, error_reasons=reasons, executor=opts.executor)
 
 
 def count_rows(store: Store, experiment_id: str, manifest: pa.Table):
