@@ -253,8 +253,75 @@ def demo(out, backend, bricks, brick_size, targets_per_brick, seed, progress):
     click.echo("")
     for name, ok, detail in res.checks:
         click.echo(f"{'PASS' if ok else 'FAIL'}  {name}: {detail}")
+    report = _demo_validate(res)
     if not res.passed:
         raise _Failure("demo: a check failed (see above)")
+    if report.failed:
+        raise _Failure("demo: gpu-inject validate found a failure (see above)")
+
+
+def _demo_validate(res):
+    """``gpu-inject validate`` on the demo's run (every brick sampled, controls re-cut from
+    the mock coadds): the checks that are not PASS, and a summary line."""
+    from .validate import ValidateError, validate_run
+
+    try:
+        result = validate_run(res.out, res.experiment_id, manifest=res.manifest,
+                              coadd_root=res.coadd_root, sample=1.0)
+    except ValidateError as exc:
+        raise _Failure(str(exc)) from None
+    click.echo("")
+    _print_checks(result, flagged_only=True)
+    n = result.counts
+    click.echo(f"validate: {len(result.checks)} checks, {n['FAIL']} failed, {n['WARN']} "
+               f"to look at (above), {n['PASS']} passed; report "
+               f"{result.report_dir}/report.md")
+    return result
+
+
+def _print_checks(result, flagged_only=False):
+    for c in result.checks:
+        if not (flagged_only and c.status == "PASS"):
+            click.echo(f"{c.status}  {c.name}: {c.detail}")
+
+
+@main.command()
+@click.argument("out")
+@click.option("--experiment-id", required=True, help="The run's experiment id.")
+@click.option("--manifest", default=None,
+              help="The run's manifest (local or s3://): every row must be written once.")
+@click.option("--report", "report", default=None,
+              help="Report folder (local). Default: <OUT>/_validate/<ID> for a local OUT, "
+                   "./_validate/<ID> for an s3:// one.")
+@click.option("--sample", type=click.FloatRange(0, 1), default=0.001, show_default=True,
+              help="Share of bricks whose stamps are read (chosen by a hash of the brick "
+                   "name; at least 2 bricks; 0: none).")
+@click.option("--coadd-root", default=None,
+              help="The run's coadds: sampled stamps are compared with the raw cutouts.")
+@click.option("--coadd-layout", type=click.Choice(["legacysurvey", "flat"]), default=None,
+              help="Layout of --coadd-root (default: the run's).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=65536, show_default=True,
+              help="Metrics rows per streamed batch (memory follows it).")
+@click.pass_context
+def validate(ctx, out, experiment_id, manifest, report, sample, coadd_root, coadd_layout,
+             batch_size):
+    """Audit a finished run: rows, controls, physics, PSF, quality, splits (exit 1 on FAIL)."""
+    from .validate import ValidateError, validate_run
+
+    try:
+        result = validate_run(out, experiment_id, manifest=manifest, report_dir=report,
+                              sample=sample, coadd_root=coadd_root, coadd_layout=coadd_layout,
+                              batch_rows=batch_size, log=lambda m: click.echo(m, err=True))
+    except ValidateError as exc:
+        raise _Failure(str(exc)) from None
+    _print_checks(result)
+    for note in result.notes:
+        click.echo(f"note: {note}")
+    n = result.counts
+    click.echo(f"validate {experiment_id}: {result.status} ({n['FAIL']} FAIL, {n['WARN']} "
+               f"WARN, {n['PASS']} PASS); report {result.report_dir}/report.md")
+    if result.failed:
+        ctx.exit(1)
 
 
 def _grid_option(items):
