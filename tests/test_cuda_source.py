@@ -22,7 +22,7 @@ def test_physics_compiles_as_cuda_device_functions():
         if i < out.shape[0]:
             f, u, v = lensed_sample(0.25 * i, -0.5, params[i])
             out[i] = f + refine_pixel(-0.5 + i, -0.5, params[i], eps_abs, eps_rel, eps_cusp,
-                                      max_level, mem)
+                                      max_level, mem, False)
 
     try:
         ptx, _ = cuda.compile_ptx(kernel, (float64[:, :], float64[:], float64, float64,

@@ -20,7 +20,7 @@ PHYSICS = (
     sersic.sersic_profile_r2, sersic.sersic_profile,
     integrate.lensed_sample, integrate.must_split, integrate.s5,
     integrate.gate, integrate.mem_put, integrate.mem_get, integrate.node,
-    integrate.refine_pixel,
+    integrate.refine_pixel, integrate.pixel_value,
 )
 
 
@@ -38,9 +38,16 @@ def _constants():
     return ns
 
 
-def compile_physics(decorate):
-    """A namespace name -> compiled function, for ``decorate`` (e.g. numba.njit(...))."""
-    return compile_functions(decorate, PHYSICS)
+# Called once per pixel with 21 arguments, too big (it holds the walk) for LLVM to inline:
+# targets whose calls cost (the CPU: 0.1 ms per 64x64 stamp) compile it to be inlined.
+INLINED = ("pixel_value",)
+
+
+def compile_physics(decorate, decorate_inlined=None):
+    """A namespace name -> compiled function, for ``decorate`` (e.g. numba.njit(...));
+    the functions of INLINED with ``decorate_inlined`` when given."""
+    return compile_functions(decorate, PHYSICS, {k: decorate_inlined for k in INLINED
+                                                 if decorate_inlined is not None})
 
 
 def compile_metrics(decorate):
@@ -48,16 +55,17 @@ def compile_metrics(decorate):
     return compile_functions(decorate, METRICS)
 
 
-def compile_functions(decorate, functions):
+def compile_functions(decorate, functions, decorate_by_name=None):
     """Each of ``functions`` (callees first) rebuilt from its code object in a namespace of
-    compiled callees and constants, and compiled with ``decorate``."""
+    compiled callees and constants, and compiled with ``decorate`` (or the decorator
+    ``decorate_by_name`` gives its name)."""
     ns = _constants()
     for fn in functions:
         clone = types.FunctionType(fn.__code__, ns, fn.__name__)
         clone.__qualname__ = fn.__qualname__
         clone.__module__ = fn.__module__
         clone.__doc__ = fn.__doc__
-        ns[fn.__name__] = decorate(clone)
+        ns[fn.__name__] = (decorate_by_name or {}).get(fn.__name__, decorate)(clone)
     return types.SimpleNamespace(**{fn.__name__: ns[fn.__name__] for fn in functions})
 
 

@@ -12,9 +12,7 @@ from ._jit import compile_physics
 
 D = compile_physics(cuda.jit(device=True, inline=True))
 lensed_sample = D.lensed_sample
-gate = D.gate
-must_split = D.must_split
-refine_pixel = D.refine_pixel
+pixel_value = D.pixel_value
 
 
 @cuda.jit
@@ -34,21 +32,14 @@ def render_pixels(params, origin, size, fcor, ucor, vcor, eps_gate, eps_abs, eps
     """One thread per pixel: the gate from the shared corners, the quadtree where refused."""
     k, j, i = cuda.grid(3)
     if k < params.shape[0] and j < size and i < size:
-        p = params[k]
-        x0 = i - 0.5 - origin[k, 0]
-        y0 = j - 0.5 - origin[k, 1]
-        fc, uc, vc = lensed_sample(x0 + 0.5, y0 + 0.5, p)
-        s, ok = gate(fcor[k, j, i], fcor[k, j, i + 1], fcor[k, j + 1, i],
-                     fcor[k, j + 1, i + 1], fc, eps_gate)
-        if ok:
-            ok = not must_split(x0, y0, 1.0, uc, vc, ucor[k, j, i], vcor[k, j, i],
-                                ucor[k, j, i + 1], vcor[k, j, i + 1], ucor[k, j + 1, i],
-                                vcor[k, j + 1, i], ucor[k, j + 1, i + 1], vcor[k, j + 1, i + 1],
-                                p, eps_cusp)
-        if not ok:
-            mem = cuda.local.array(NODE_MEM, float64)
-            s = refine_pixel(x0, y0, p, eps_abs, eps_rel, eps_cusp, max_level, mem)
-        out[k, j, i] = s
+        mem = cuda.local.array(NODE_MEM, float64)
+        out[k, j, i] = pixel_value(
+            i - 0.5 - origin[k, 0], j - 0.5 - origin[k, 1],
+            fcor[k, j, i], ucor[k, j, i], vcor[k, j, i],
+            fcor[k, j, i + 1], ucor[k, j, i + 1], vcor[k, j, i + 1],
+            fcor[k, j + 1, i], ucor[k, j + 1, i], vcor[k, j + 1, i],
+            fcor[k, j + 1, i + 1], ucor[k, j + 1, i + 1], vcor[k, j + 1, i + 1],
+            params[k], eps_gate, eps_abs, eps_rel, eps_cusp, max_level, mem)
 
 
 def render(params, origin, size, acc, xp=None, threads=(1, 8, 8)):

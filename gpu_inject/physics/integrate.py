@@ -15,7 +15,8 @@ Adaptivity, per pixel:
      and faint; |M - T| bounds the S5 error there with a wide margin.
   2. Otherwise walk the pixel's quadtree depth first. A node compares its own S5 with the
      sum of its 4 children's S5 (13 samples, shared between the children; 5 of them come
-     from its parent when a scratch still holds the parent's); it is accepted, with the
+     from its parent when a scratch still holds the parent's, and the root's from the
+     gate); it is accepted, with the
      children's sum as its value, when they differ by at most eps_abs h^2 + eps_rel |sum|,
      else its children are visited.
   3. Two places where samples can miss what matters are refined regardless of the test while
@@ -35,7 +36,7 @@ from .layout import (P_G1, P_G2, P_LENS_B, P_LENS_COS, P_LENS_F, P_LENS_SIN, P_S
                      P_SRC_COS, P_SRC_I0, P_SRC_IE, P_SRC_INV_N, P_SRC_Q, P_SRC_R2CUT,
                      P_SRC_REFF, P_SRC_SIN, P_SRC_X, P_SRC_Y)
 from .lens import ray_shoot_bf
-from .sersic import elliptical_radius, elliptical_radius2, sersic_profile_r2
+from .sersic import elliptical_radius2, sersic_profile_r2
 
 # A cell whose source-plane footprint (largest elliptical distance from its centre's image to
 # its corners' images, "reach") times CUSP_REACH reaches the source centre may hold it; > 1
@@ -70,16 +71,18 @@ def must_split(x0, y0, h, uc, vc, u00, v00, u10, v10, u01, v01, u11, v11, p, eps
         return False
     if x0 <= 0.0 <= x0 + h and y0 <= 0.0 <= y0 + h:
         return True
+    # On squared elliptical radii (R is a norm, so comparing squares is the same test and
+    # saves the 5 square roots: this runs for most pixels of the gate).
     q = p[P_SRC_Q]
     c = p[P_SRC_COS]
     s = p[P_SRC_SIN]
-    reach = max(max(elliptical_radius(u00 - uc, v00 - vc, q, c, s),
-                    elliptical_radius(u10 - uc, v10 - vc, q, c, s)),
-                max(elliptical_radius(u01 - uc, v01 - vc, q, c, s),
-                    elliptical_radius(u11 - uc, v11 - vc, q, c, s)))
-    if elliptical_radius(uc, vc, q, c, s) > CUSP_REACH * reach:
+    reach2 = max(max(elliptical_radius2(u00 - uc, v00 - vc, q, c, s),
+                     elliptical_radius2(u10 - uc, v10 - vc, q, c, s)),
+                 max(elliptical_radius2(u01 - uc, v01 - vc, q, c, s),
+                     elliptical_radius2(u11 - uc, v11 - vc, q, c, s)))
+    if elliptical_radius2(uc, vc, q, c, s) > CUSP_REACH * CUSP_REACH * reach2:
         return False
-    return p[P_SRC_INV_N] < 1.0 or reach > RESOLVE * p[P_SRC_REFF]
+    return p[P_SRC_INV_N] < 1.0 or reach2 > RESOLVE * RESOLVE * p[P_SRC_REFF] * p[P_SRC_REFF]
 
 
 def s5(h, f00, f10, f01, f11, fc):
@@ -164,18 +167,42 @@ def node(x0, y0, h, p, eps_abs, eps_rel, eps_cusp, mem, known, cx, cy):
     return children, split
 
 
-def refine_pixel(x0, y0, p, eps_abs, eps_rel, eps_cusp, max_level, mem):
+def pixel_value(x0, y0, f00, u00, v00, f10, u10, v10, f01, u01, v01, f11, u11, v11, p,
+                eps_gate, eps_abs, eps_rel, eps_cusp, max_level, mem):
+    """Integral over the unit pixel with lower corner (x0, y0), given the samples at its
+    corners (f10 at (x0 + 1, y0), f01 at (x0, y0 + 1)): rule 1 from them and its centre,
+    else the quadtree walk, whose root reuses these 5 samples. The CPU and CUDA loops differ
+    only in how they share the corner samples between pixels."""
+    fc, uc, vc = lensed_sample(x0 + 0.5, y0 + 0.5, p)
+    s, ok = gate(f00, f10, f01, f11, fc, eps_gate)
+    if ok:
+        ok = not must_split(x0, y0, 1.0, uc, vc, u00, v00, u10, v10, u01, v01, u11, v11, p,
+                            eps_cusp)
+    if ok:
+        return s
+    # The root node reads its corners and centre where a child reads them from its parent's
+    # samples: child (0, 0) of a parent whose 3 x 3 grid has this pixel's corners at 0, 1,
+    # 3, 4 and whose first child-centre (9) is this pixel's centre.
+    mem_put(mem, 0, f00, u00, v00)
+    mem_put(mem, 1, f10, u10, v10)
+    mem_put(mem, 3, f01, u01, v01)
+    mem_put(mem, 4, f11, u11, v11)
+    mem_put(mem, 9, fc, uc, vc)
+    return refine_pixel(x0, y0, p, eps_abs, eps_rel, eps_cusp, max_level, mem, True)
+
+
+def refine_pixel(x0, y0, p, eps_abs, eps_rel, eps_cusp, max_level, mem, known):
     """Integral over the unit pixel with lower corner (x0, y0), by the quadtree walk.
 
     ``mem``: float64[NODE_MEM] scratch (the loops own it: an array per thread on the
     CPU, a local array on the GPU). A node reuses its parent's samples when ``mem`` still
     holds them: always for a first child, for later ones when their elder siblings were
-    leaves (the common case near the bottom of the tree)."""
+    leaves (the common case near the bottom of the tree). ``known``: ``mem`` already holds
+    the pixel's own corners and centre, laid out as ``pixel_value`` puts them."""
     total = 0.0
     level = 0
     ix = 0
     iy = 0
-    known = False
     while True:
         h = math.ldexp(1.0, -level)
         val, split = node(x0 + ix * h, y0 + iy * h, h, p, eps_abs, eps_rel, eps_cusp, mem,
