@@ -119,8 +119,10 @@ def threads_section(res, plots):
 
 
 def references_section(res):
-    """Speed beside accuracy: the full-stamp comparison (vs-lenstronomy) and, per method and
-    supersampling, the pre-PSF render rate with its accuracy (accuracy.json)."""
+    """Speed beside accuracy: the full-stamp comparison (vs-lenstronomy) and, per method
+    (ours, lenstronomy, caustics where the run had it) and supersampling, the pre-PSF render
+    rate with its accuracy (accuracy.json; older files without caustics or per-factor rates
+    still read)."""
     rows, acc_rows = [], []
     for machine, kinds in sorted(res.items()):
         if "vs-lenstronomy" in kinds:
@@ -136,14 +138,25 @@ def references_section(res):
             rates = {"ours": thr["ours_render_stamps_per_s"],
                      **{f"lenstronomy_{k}": v for k, v in
                         thr.get("lenstronomy_stamps_per_s_1proc",
-                                {"ss4": thr["lenstronomy_ss4_stamps_per_s_1proc"]}).items()}}
+                                {"ss4": thr["lenstronomy_ss4_stamps_per_s_1proc"]}).items()},
+                     **{f"caustics_{k}": v for k, v in
+                        thr.get("caustics_stamps_per_s_1proc", {}).items()}}
             for method, a in d["summary"].items():
-                who = (f"gpu_inject ({thr['ours_numba_threads']} threads)" if method == "ours"
-                       else f"lenstronomy supersampling {method.split('_ss')[-1]} (1 process)")
+                code, _, ss = method.partition("_ss")
+                if method == "ours":
+                    who = f"gpu_inject ({thr['ours_numba_threads']} threads)"
+                elif code == "caustics":
+                    who = (f"caustics {thr.get('caustics_version', '')} upsample {ss} (1 process, "
+                           f"{thr.get('caustics_torch_threads', '?')} torch threads, "
+                           f"{thr.get('caustics_dtype', '?')})")
+                else:
+                    who = f"{code} supersampling {ss} (1 process)"
                 rate = rates.get(method)
-                acc_rows.append((machine, who, f"{rate:,.0f}" if rate else "?",
-                                 f"{a['flux']['median']:.1e}", f"{a['flux']['worst']:.1e}",
-                                 f"{a['peak']['worst']:.1e}", a.get("outside_spec", "?")))
+                acc_rows.append((machine, who, f"{rate:,.1f}" if rate and rate < 10 else
+                                 f"{rate:,.0f}" if rate else "?",
+                                 f"{a['flux']['median']:.1e}", f"{a['flux']['p95']:.1e}",
+                                 f"{a['flux']['worst']:.1e}", f"{a['peak']['worst']:.1e}",
+                                 a.get("outside_spec", "?")))
     text = ""
     if rows:
         text += ("## Against lenstronomy, same draws, same run (64x64 grz stamps, PSF)\n\n" +
@@ -151,8 +164,9 @@ def references_section(res):
     if acc_rows:
         text += ("## Speed beside accuracy (pre-PSF render, one band, against a converged "
                  "reference; SPEC 6: flux 1e-3, peak 1e-2)\n\n" +
-                 _table(("machine", "method", "renders/s", "flux err median", "flux err worst",
-                         "peak err worst", "draws outside SPEC 6"), acc_rows) + "\n")
+                 _table(("machine", "method", "renders/s", "flux err median", "flux err p95",
+                         "flux err worst", "peak err worst", "draws outside SPEC 6"),
+                        acc_rows) + "\n")
     return text
 
 

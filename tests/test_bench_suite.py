@@ -74,3 +74,35 @@ def test_bench_project_manifest_rejects_a_bad_value_before_timing():
 
     r = CliRunner().invoke(main, ["bench", "--stamps", "4", "--project-manifest", "12"])
     assert r.exit_code == 1 and "ROWS,BRICKS" in r.output and "stamps/s" not in r.output
+
+
+def _accuracy_result(methods, caustics):
+    stats = {"median": 1e-4, "p95": 2e-4, "worst": 3e-4, "worst_draw": 0, "worst_label": "x"}
+    thr = {"ours_render_stamps_per_s": 1200.0, "ours_numba_threads": 2,
+           "lenstronomy_ss4_stamps_per_s_1proc": 280.0}
+    if caustics:
+        thr.update({"lenstronomy_stamps_per_s_1proc": {"ss4": 280.0},
+                    "caustics_version": "1.7.1", "caustics_dtype": "float32",
+                    "caustics_torch_threads": 2, "caustics_stamps_per_s_1proc": {"ss16": 31.0}})
+    return {"summary": {m: {"flux": stats, "peak": stats, "outside_spec": 5} for m in methods},
+            "throughput": thr}
+
+
+def test_report_speed_and_accuracy_with_and_without_caustics(tmp_path):
+    res = tmp_path / "results"
+    res.mkdir()
+    (res / "2026-11-24-boxA-accuracy.json").write_text(json.dumps(_accuracy_result(
+        ["ours", "lenstronomy_ss4", "caustics_ss16"], caustics=True)))
+    # an older file: no caustics, no per-factor lenstronomy rates
+    (res / "2026-11-20-boxB-accuracy.json").write_text(json.dumps(_accuracy_result(
+        ["ours", "lenstronomy_ss4"], caustics=False)))
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "report.py"), str(res),
+                           "--out", str(tmp_path / "rep"), "--no-plots"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert ("| boxA | caustics 1.7.1 upsample 16 (1 process, 2 torch threads, float32) | 31 | "
+            "1.0e-04 | 2.0e-04 | 3.0e-04 | 3.0e-04 | 5 |") in text
+    assert "| boxA | lenstronomy supersampling 4 (1 process) | 280 |" in text
+    assert "| boxB | lenstronomy supersampling 4 (1 process) | 280 |" in text
+    assert "boxB | caustics" not in text
