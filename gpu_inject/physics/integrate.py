@@ -50,6 +50,8 @@ NODE_SAMPLES = 13
 NODE_MEM = 3 * NODE_SAMPLES  # float64 values of the scratch ``mem`` (f, u, v per sample)
 # Rule 4: a node with h^2 I(0) <= FLOOR (units of the source flux) is not split.
 FLOOR = 1e-6
+# Side (pixels) of the blocks that the CPU loop proves dark (region_is_dark) before sampling.
+DARK_BLOCK = 4
 
 
 def lensed_sample(x, y, p):
@@ -62,6 +64,38 @@ def lensed_sample(x, y, p):
     if r2 > p[P_SRC_R2CUT]:
         return 0.0, u, v
     return sersic_profile_r2(r2, p[P_SRC_REFF], p[P_SRC_INV_N], p[P_SRC_BN], p[P_SRC_IE]), u, v
+
+
+def region_is_dark(x_lo, y_lo, x_hi, y_hi, p):
+    """True when no point of the rectangle [x_lo, x_hi] x [y_lo, y_hi] can light up: every
+    sample there has R^2 > R2CUT (lensed_sample returns 0), and no unit cell inside is one
+    that must_split could refine. Then the gate would give each of its pixels exactly 0,
+    and the caller may skip them. From a single ray shot at the centre:
+      * the lens map beta = theta - alpha(theta) is Lipschitz on the rectangle with
+        K = 1 + |gamma| + b / (q r_min): an isothermal potential has Hessian eigenvalues 0
+        and 2 kappa, and 2 kappa = theta_E / sqrt(q x'^2 + y'^2 / q) <= b / (q r) for the SIE
+        of lens.sie_deflection (b = theta_E sqrt(q)); r_min > 0 is the rectangle's distance
+        to the lens centre (it must not hold it), and the rectangle is convex;
+      * R is a norm with R(w) <= |w| / sqrt(q_src), so every point's R is at least
+        R_centre - K d / sqrt(q_src), d the half-diagonal;
+      * must_split's reach of a cell inside is at most K sqrt(1/2) / sqrt(q_src), and it
+        refines only cells whose centre lies within CUSP_REACH reaches of the source.
+    The 1e-9 margins cover the rounding of the bound itself."""
+    dx = max(max(x_lo, -x_hi), 0.0)
+    dy = max(max(y_lo, -y_hi), 0.0)
+    r_min = math.sqrt(dx * dx + dy * dy)
+    if r_min <= 0.0 or p[P_SRC_R2CUT] < 0.0:
+        return False
+    q_lens = math.sqrt(1.0 - p[P_LENS_F] * p[P_LENS_F])
+    k = 1.0 + math.sqrt(p[P_G1] * p[P_G1] + p[P_G2] * p[P_G2]) + p[P_LENS_B] / (q_lens * r_min)
+    stretch = k / math.sqrt(p[P_SRC_Q])
+    half_x = 0.5 * (x_hi - x_lo)
+    half_y = 0.5 * (y_hi - y_lo)
+    _, u, v = lensed_sample(x_lo + half_x, y_lo + half_y, p)
+    r_low = (math.sqrt(elliptical_radius2(u, v, p[P_SRC_Q], p[P_SRC_COS], p[P_SRC_SIN]))
+             - stretch * math.sqrt(half_x * half_x + half_y * half_y))
+    need = max(math.sqrt(p[P_SRC_R2CUT]), CUSP_REACH * stretch * math.sqrt(0.5))
+    return r_low > need * (1.0 + 1e-9) + 1e-9
 
 
 def must_split(x0, y0, h, uc, vc, u00, v00, u10, v10, u01, v01, u11, v11, p, eps_cusp):
