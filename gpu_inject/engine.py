@@ -11,6 +11,7 @@ import numba
 import numpy as np
 
 from . import tasks as T
+from .kernels.psf import render_size
 
 
 @dataclass(frozen=True)
@@ -201,8 +202,6 @@ def arcs_from_params(backend, params, flux, fwhm_px, origin_offset, stamp_size, 
     origin_offset [n, 2]: lens centre minus (S//2, S//2), pixels. Stamps are grouped by their
     render grid size, which depends only on each stamp's own PSF, and every stamp is computed
     from its own inputs only: results do not depend on what else is in the batch."""
-    from .kernels.psf import render_size
-
     xp = backend.xp
     n, nb = flux.shape
     s = stamp_size
@@ -241,7 +240,6 @@ def inject_batch(backend, cols, psf_fwhm_arcsec, cutout, invvar, maskbits, *, pi
     xp, red = backend.xp, backend.reduce
     pixscale = np.broadcast_to(np.asarray(pixscale, dtype=np.float64), (n,))
     inj = np.flatnonzero(cols["lens_model"] != "CONTROL")
-    at = xp.asarray(inj)
     cutout = backend.to_device(cutout)
     invvar = backend.to_device(invvar)
     image = cutout.copy()
@@ -254,13 +252,21 @@ def inject_batch(backend, cols, psf_fwhm_arcsec, cutout, invvar, maskbits, *, pi
         params, flux_r = T.pack_params(sub, pixscale[inj])
         flux = T.band_fluxes(sub, flux_r, bands)
         fwhm_px = psf_fwhm_arcsec[inj] / pixscale[inj, None]
-        arcs, mag[at], total[at] = arcs_from_params(backend, params, flux, fwhm_px,
-                                                    lens_offset[inj], s, psf_model,
-                                                    moffat_beta, acc)
-        image[at] = red.inject(cutout[at], arcs)
         r = list(bands).index("r")
-        arc_snr[at] = red.arc_snr(arcs[:, r], invvar[at, r])
-        arc_snr_opt[at] = red.arc_snr_opt(arcs, invvar[at])
+        # Chunks of the backend's size, rows of one render size together: every temporary
+        # is a chunk's, not the batch's. On the CPU, arrays over glibc's mmap threshold
+        # (32 MB) are fresh pages at each batch, and faulting them in cost more than the
+        # injection and the metrics themselves.
+        order = np.argsort(render_size(s, fwhm_px.max(axis=1, initial=0.0))[0], kind="stable")
+        for start in range(0, inj.size, backend.chunk):
+            c = order[start:start + backend.chunk]
+            at = xp.asarray(inj[c])
+            arcs, mag[at], total[at] = arcs_from_params(backend, params[c], flux[c],
+                                                        fwhm_px[c], lens_offset[inj[c]], s,
+                                                        psf_model, moffat_beta, acc)
+            image[at] = red.inject(cutout[at], arcs)
+            arc_snr[at] = red.arc_snr(arcs[:, r], invvar[at, r])
+            arc_snr_opt[at] = red.arc_snr_opt(arcs, invvar[at])
     bad, wise = red.mask_fractions(backend.to_device(maskbits), invvar)
     out = {
         "image": image,
