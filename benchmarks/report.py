@@ -52,6 +52,14 @@ def _table(header, rows):
     return "\n".join(out)
 
 
+def _split(p):
+    """Medians of copy-in, kernels and copy-out per 1,000 stamps ('-' in older files)."""
+    keys = ("copy_in_seconds", "kernel_seconds", "copy_out_seconds")
+    if not all(k in p for k in keys):
+        return "-"
+    return " / ".join(f"{1e6 * p[k] / p['stamps']:,.1f}" for k in keys)
+
+
 def engine_section(res, plots):
     rows = []
     for machine, kinds in sorted(res.items()):
@@ -61,12 +69,13 @@ def engine_section(res, plots):
         for p in d["points"]:
             rows.append((machine, date, p["backend"], p["device"], p["stamp_size"],
                          p["batch_size"], f"{p['stamps_per_s']:,.0f}",
-                         f"{p['stamps_per_s_min']:,.0f} - {p['stamps_per_s_max']:,.0f}"))
+                         f"{p['stamps_per_s_min']:,.0f} - {p['stamps_per_s_max']:,.0f}",
+                         _split(p)))
     if not rows:
         return ""
     text = "## Engine throughput (render + PSF + inject + metrics, grz)\n\n" + _table(
         ("machine", "date", "backend", "device", "stamp", "batch", "stamps/s (median)",
-         "min - max"), rows)
+         "min - max", "copy-in / kernels / copy-out, ms per 1k stamps"), rows)
     if plots is not None:
         import matplotlib.pyplot as plt
 

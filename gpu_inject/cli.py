@@ -88,7 +88,9 @@ def bench(backend, stamps, stamp_size, batch_size, repeats, seed, json_path, pro
                    f"{res['stamp_size']}x{res['stamp_size']} {res['bands']} in "
                    f"{res['seconds']:.3f} s (median of {repeats}) = "
                    f"{res['stamps_per_s']:,.0f} stamps/s, peak RSS "
-                   f"{res['peak_rss_mib']:,.0f} MiB (batches of {batch_size})")
+                   f"{res['peak_rss_mib']:,.0f} MiB (batches of {batch_size}); medians: "
+                   f"copy-in {res['copy_in_seconds']:.3f} s, kernels "
+                   f"{res['kernel_seconds']:.3f} s, copy-out {res['copy_out_seconds']:.3f} s")
     if project:
         results = _projections(project, results, executors, price_per_hour)
     if json_path:

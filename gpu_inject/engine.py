@@ -65,6 +65,9 @@ class CpuBackend:
     def to_host(self, a):
         return a
 
+    def synchronize(self):
+        """Nothing runs asynchronously on the CPU."""
+
     def render(self, params, origin, size, acc):
         out = np.empty((params.shape[0], size, size))
         # stamps cost 0.3 to 10 ms each: hand them to threads one at a time, not in halves
@@ -158,6 +161,11 @@ class GpuBackend:
             return np.asarray(a)
         return a.get()
 
+    def synchronize(self):
+        """Wait for all work queued on the device (before a clock is read)."""
+        if not self.simulator:
+            self.xp.cuda.Device().synchronize()
+
     def render(self, params, origin, size, acc):
         return self._kernels.render(params, origin, size, acc, xp=self.xp)
 
@@ -227,9 +235,12 @@ def arcs_from_params(backend, params, flux, fwhm_px, origin_offset, stamp_size, 
 
 
 def inject_batch(backend, cols, psf_fwhm_arcsec, cutout, invvar, maskbits, *, pixscale, bands,
-                 lens_offset, psf_model="gaussian", moffat_beta=3.5, acc=DEFAULT_ACCURACY):
+                 lens_offset, psf_model="gaussian", moffat_beta=3.5, acc=DEFAULT_ACCURACY,
+                 to_host=True):
     """The engine's whole job on one batch of valid rows (injections and CONTROLs): render,
-    convolve, inject and reduce the SPEC section 5 metrics. Returns a dict of arrays.
+    convolve, inject and reduce the SPEC section 5 metrics. Returns a dict of arrays, host
+    (numpy) arrays unless ``to_host`` is False (then the backend's: the benchmark times the
+    copy back apart).
 
     cols: manifest columns (``tasks.read_columns``), rows already validated; psf_fwhm_arcsec
     [n, B]; cutout, invvar float32 [n, B, S, S]; maskbits int [n, S, S]; pixscale: arcsec per
@@ -277,7 +288,7 @@ def inject_batch(backend, cols, psf_fwhm_arcsec, cutout, invvar, maskbits, *, pi
         "bad_pixel_frac": bad,
         "wise_brightmask_frac": wise,
     }
-    return {k: backend.to_host(v) for k, v in out.items()}
+    return {k: backend.to_host(v) for k, v in out.items()} if to_host else out
 
 
 def render_arcs(tasks, *, stamp_size, psf_fwhm, pixscale=0.262, bands="grz", lens_offset=None,

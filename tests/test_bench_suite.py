@@ -50,7 +50,9 @@ def test_report_from_result_files(tmp_path):
     res.mkdir()
     point = {"backend": "cpu", "device": "CPU, 2 Numba threads", "stamp_size": 64,
              "stamps_per_s": 700.0, "stamps_per_s_min": 650.0, "stamps_per_s_max": 720.0}
-    sweep = {"points": [dict(point, batch_size=b) for b in (1, 128)],
+    split = {"stamps": 2000, "copy_in_seconds": 0.01, "kernel_seconds": 2.5,
+             "copy_out_seconds": 0.2}
+    sweep = {"points": [dict(point, batch_size=1), dict(point, batch_size=128, **split)],
              "threads": [dict(point, threads=1, stamps_per_s=400.0),
                          dict(point, threads=2, stamps_per_s=700.0)]}
     (res / "2026-11-24-boxA-engine-sweep.json").write_text(json.dumps(sweep))
@@ -63,6 +65,8 @@ def test_report_from_result_files(tmp_path):
     text = (tmp_path / "rep" / "report.md").read_text()
     assert "| boxA | 2026-11-24 | cpu |" in text          # the newest file of the machine
     assert "| boxA | 2 | 700 | 88% |" in text             # 700 / (2 x 400)
+    assert "| 128 | 700 | 650 - 720 | 5.0 / 1,250.0 / 100.0 |" in text  # ms per 1k stamps
+    assert "| 1 | 700 | 650 - 720 | - |" in text            # a point without the split
     assert os.path.getsize(tmp_path / "rep" / "engine_batch.png") > 1000
     assert os.path.getsize(tmp_path / "rep" / "threads.png") > 1000
 

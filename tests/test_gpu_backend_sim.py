@@ -23,8 +23,11 @@ a = pickle.loads(sys.stdin.buffer.read())
 be = get_backend("gpu")
 auto = get_backend("auto")
 res = inject_batch(be, *a["args"], **a["kw"])
-sys.stdout.buffer.write(pickle.dumps({"res": res, "device": be.device, "auto": auto.name,
-                                      "why": auto.why}))
+kept = inject_batch(be, *a["args"], **a["kw"], to_host=False)   # the benchmark's split
+be.synchronize()
+kept = {k: be.to_host(v) for k, v in kept.items()}
+sys.stdout.buffer.write(pickle.dumps({"res": res, "kept": kept, "device": be.device,
+                                      "auto": auto.name, "why": auto.why}))
 """
 
 
@@ -70,6 +73,10 @@ def test_gpu_backend_under_the_simulator_matches_the_cpu():
     assert gpu["bad_pixel_frac"][0] > 0 and gpu["bad_pixel_frac"][2] > 0
     assert gpu["wise_brightmask_frac"][3] == 0.25
     assert np.array_equal(gpu["image"][1], args[2][1])       # CONTROL: the cutout
+    # results kept on the device, then synchronised and copied back: the same bits
+    assert out["kept"].keys() == gpu.keys()
+    for name in gpu:
+        np.testing.assert_array_equal(out["kept"][name], gpu[name], err_msg=name)
 
 
 PIPELINE_CHILD = """
