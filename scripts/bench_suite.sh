@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The benchmark suite (issue 6): engine throughput against batch size, stamp size, backend
-# and threads; our engine against lenstronomy (and caustics) on the same draws with each one's
-# accuracy;
-# peak memory; cutting from compressed bricks; the pipeline end to end; a projection of the
-# user's train tier; then benchmarks/report.py turns the results into report.md and plots.
+# and threads; our engine against lenstronomy (and caustics) on the same draws with each
+# one's accuracy; peak memory; cutting from compressed bricks; the pipeline end to end; a
+# projection of the user's train tier; then benchmarks/report.py turns the results into
+# report.md and plots.
 #   scripts/bench_suite.sh [MACHINE_LABEL]      (about 8 minutes on 2 cores)
 # Results: benchmarks/results/<date>-<label>-<kind>.json; report: benchmarks/results/report/.
 set -euo pipefail
