@@ -121,3 +121,31 @@ def test_elliptical_radius_is_circularised():
     c, s = math.cos(phi), math.sin(phi)
     assert sersic.elliptical_radius(2 * c, 2 * s, q, c, s) == pytest.approx(1.0)
     assert sersic.elliptical_radius(-0.5 * s, 0.5 * c, q, c, s) == pytest.approx(1.0)
+
+
+def test_stencil_rule_is_exact_for_cubics():
+    """physics.integrate.stencil_value (the tensor cubic rule on 4 x 4 corners, rule 0) integrates a
+    bicubic polynomial over the pixel exactly (against its antiderivative), while the
+    trapezoid of the 4 own corners does not; and it reads only the 4 x 4 stencil."""
+    from gpu_inject.physics import integrate as quad
+
+    rng = np.random.default_rng(4)
+    c = rng.normal(size=(4, 4))                    # f = sum c[a, b] x^a y^b
+
+    def f(x, y):
+        return sum(c[a, b] * x ** a * y ** b for a in range(4) for b in range(4))
+
+    x0, y0 = 0.3, -1.7                             # the pixel [x0, x0+1] x [y0, y0+1]
+    exact = sum(c[a, b] * ((x0 + 1) ** (a + 1) - x0 ** (a + 1)) / (a + 1)
+                * ((y0 + 1) ** (b + 1) - y0 ** (b + 1)) / (b + 1)
+                for a in range(4) for b in range(4))
+    j, i = 3, 5                                    # the pixel's place in a corner grid
+    ys = y0 + np.arange(-j, 8 - j)
+    xs = x0 + np.arange(-i, 9 - i)
+    grid = f(xs[None, :], ys[:, None])
+    s4, t = quad.stencil_value(grid, j, i)
+    assert s4 == pytest.approx(exact, rel=1e-12, abs=1e-12)
+    assert abs(t - exact) > 1e-3                   # the trapezoid is not exact
+    far = grid.copy()
+    far[j + 3:, :] = far[:j - 1, :] = far[:, i + 3:] = far[:, :i - 1] = np.nan
+    assert quad.stencil_value(far, j, i)[0] == s4

