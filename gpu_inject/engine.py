@@ -44,6 +44,25 @@ class BackendUnavailable(RuntimeError):
     """The asked-for backend cannot run here; the message says why in one line."""
 
 
+def _keep_freed_heap():
+    """glibc only: serve arrays up to 64 MB from the heap and keep up to 512 MB of it when
+    freed. A chunk's FFT temporaries (~8 MB each) are otherwise given back to the kernel
+    and faulted in again at every chunk: 12 % of the engine's time on a 2-core VM (bench,
+    one thread, 490-505 -> 563-566 stamps/s), for about 100 MB more resident memory."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, TypeError, AttributeError):  # not glibc (macOS, musl): nothing to do
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3   # from glibc's malloc.h
+    mallopt(m_mmap_threshold, 64 << 20)
+    mallopt(m_trim_threshold, 512 << 20)
+
+
 class CpuBackend:
     """Numba-compiled loops on this machine's cores; numpy/scipy FFT for the PSF."""
     name = "cpu"
@@ -56,6 +75,7 @@ class CpuBackend:
         from .kernels import cpu, psf, reduce
 
         self._cpu, self._psf, self.reduce = cpu, psf, reduce
+        _keep_freed_heap()
         self.device = f"CPU, {numba.get_num_threads()} Numba threads"
         self.why = "asked for"
 
