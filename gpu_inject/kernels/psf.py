@@ -180,9 +180,10 @@ def _fft(xp):
 def convolve_crop(render, fwhm_px, stamp_size, margin, model="gaussian", beta=3.5, xp=numpy):
     """Convolve each pre-PSF render with each band's PSF and crop the stamp (SPEC 2).
 
-    render: float64 [n, L, L], one unit-flux render per stamp (one morphology for every
-    band), stamp at ``[m:m+S, m:m+S]``; fwhm_px: [n, B] pixels, 0 = no convolution (output
-    is the exact crop). Returns float64 [n, B, S, S], the linear convolution cropped.
+    render: float64 or float32 [n, L, L], one unit-flux render per stamp (one morphology for
+    every band), stamp at ``[m:m+S, m:m+S]``; the FFTs run in its precision. fwhm_px: [n, B]
+    pixels, 0 = no convolution (output is the exact crop). Returns float64 [n, B, S, S],
+    the linear convolution cropped.
     """
     n, L, L2 = render.shape
     S, m = int(stamp_size), int(margin)
@@ -209,7 +210,8 @@ def convolve_crop(render, fwhm_px, stamp_size, margin, model="gaussian", beta=3.
         spectrum = rfft2(render)  # once per stamp, shared by every band
     for b in range(nb):
         if convolved[:, b].any():
-            t = transfer_functions(fwhm[:, b], L, model, beta, xp)
+            # in the render's precision: the engine hands float32 renders (see engine.py)
+            t = transfer_functions(fwhm[:, b], L, model, beta, xp).astype(render.dtype)
             # t is real, so each product is two real multiplies: no FMA-dependent rounding.
             out[:, b] = irfft2(spectrum * t, (L, L))[:, m:m + S, m:m + S]
         # A delta PSF is the identity: copy the crop itself rather than an FFT round trip.
