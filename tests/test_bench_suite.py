@@ -110,3 +110,34 @@ def test_report_speed_and_accuracy_with_and_without_caustics(tmp_path):
     assert "| boxA | lenstronomy supersampling 4 (1 process) | 280 |" in text
     assert "| boxB | lenstronomy supersampling 4 (1 process) | 280 |" in text
     assert "boxB | caustics" not in text
+
+
+def test_rerun_flags_a_figure_outside_its_spread(tmp_path):
+    """benchmarks/rerun.py: a rerun median inside the first run's min-max is 'within', one
+    outside is 'outside' (exit 1), a figure measured once is 'no spread'."""
+    sweep = {"points": [{"backend": "cpu", "stamp_size": 64, "batch_size": b,
+                         "stamps_per_s": 900.0, "stamps_per_s_min": 850.0,
+                         "stamps_per_s_max": 950.0} for b in (16, 128)], "threads": []}
+    pipe = {"rows": 100}
+    first, second = tmp_path / "a", tmp_path / "b"
+    for folder, (r16, r128, walls) in ((first, (900.0, 900.0, [1.0, 1.1, 0.9])),
+                                       (second, (940.0, 700.0, [1.05, 1.0, 1.02]))):
+        folder.mkdir()
+        s = json.loads(json.dumps(sweep))
+        s["points"][0]["stamps_per_s"], s["points"][1]["stamps_per_s"] = r16, r128
+        (folder / "2026-11-24-boxA-engine-sweep.json").write_text(json.dumps(s))
+        (folder / "2026-11-24-boxA-pipeline.json").write_text(
+            json.dumps(dict(pipe, wall_s_all=walls)))
+        (folder / "2026-11-24-boxA-memory.json").write_text(json.dumps(
+            [{"batch_size": 512, "peak_rss_mib": 300.0 if folder == first else 330.0}]))
+    out = tmp_path / "cmp.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "rerun.py"), str(first),
+                           str(second), "--label", "boxA", "--json", str(out)],
+                          capture_output=True, text=True)
+    assert done.returncode == 1, done.stdout + done.stderr
+    got = {f["figure"]: f for f in json.loads(out.read_text())["figures"]}
+    assert got["engine cpu 64px batch 16 stamps/s"]["verdict"] == "within"
+    assert got["engine cpu 64px batch 128 stamps/s"]["verdict"] == "outside"
+    assert got["pipeline stamps/s"]["verdict"] == "within"        # 100 / 1.02 in 90.9-111
+    assert got["memory batch 512 peak MiB"]["verdict"] == "no spread"
+    assert got["memory batch 512 peak MiB"]["change"] == pytest.approx(0.1)
