@@ -57,7 +57,7 @@ def figures(kind, d):
             out[f"memory batch {r['batch_size']} peak MiB"] = (r["peak_rss_mib"], None, None)
     elif kind == "accuracy":
         for k, v in d.get("throughput", {}).items():
-            if "per_s" not in k:
+            if "stamps_per_s" not in k:
                 continue
             for sub, rate in (v.items() if isinstance(v, dict) else [("", v)]):
                 out[f"accuracy {k} {sub}".rstrip()] = (rate, None, None)

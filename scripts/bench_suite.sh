@@ -11,7 +11,9 @@ cd "$(dirname "$0")/.."
 label="${1:-$(hostname -s)}"
 out="benchmarks/results/$(date -u +%F)-$label"
 mkdir -p benchmarks/results
-python benchmarks/engine_sweep.py --json "$out-engine-sweep.json"   # on a GPU: --batch-sizes 1,16,128,1024,4096,16384
+# 5 repeats: with 3, a rerun's median fell outside the first run's min-max for 11 of 21
+# timed figures (benchmarks/rerun.py), most by under 2 %
+python benchmarks/engine_sweep.py --repeats 5 --json "$out-engine-sweep.json"   # on a GPU: --batch-sizes 1,16,128,1024,4096,16384
 python benchmarks/compare_lenstronomy.py --stamps 1024 --lenstronomy-stamps 200 --repeats 5 \
     --json "$out-vs-lenstronomy.json"
 # caustics rows when it is installed (pip install -e '.[caustics]'), else one line says skipped
