@@ -147,13 +147,16 @@ def _bands(value):
 
 def _print_summary(summary):
     t = summary.timings
+    # under Spark each task reads its own bricks: the stage times are sums over the tasks
+    where = ("Spark tasks (stage times summed over them)" if summary.executor == "spark"
+             else "reader processes")
     click.echo(f"{summary.experiment_id}: {summary.rows} rows written under {summary.out} "
                f"({summary.ok} ok: {summary.ok - summary.controls} injections, "
                f"{summary.controls} controls; {summary.errors} error rows)")
     click.echo(f"units: {summary.units} ({summary.units_done_before} done before this run); "
                f"{t.get('rows', 0)} rows in {summary.seconds:.1f} s = "
                f"{t.get('stamps_per_s', 0):,.0f} stamps/s (reading {t.get('read_s', 0):.1f} s "
-               f"in reader processes, engine {t.get('engine_s', 0):.1f} s, writing "
+               f"in {where}, engine {t.get('engine_s', 0):.1f} s, writing "
                f"{t.get('write_s', 0):.1f} s)")
     for reason, count in list(summary.error_reasons.items())[:10]:
         click.echo(f"  {count:>8}  {reason}")

@@ -213,6 +213,7 @@ def test_cli_executor_spark_and_its_errors(runs, tmp_path):
                                     "--spark-master", "local[2]"])
     assert r.exit_code == 0, r.output
     assert "--spark-master local[2] ignored" in r.output      # the active session is used
+    assert "in Spark tasks" in r.output and "reader processes" not in r.output
     _same(_tables(str(out), "e1"), _tables(runs["local"].out, "e1"))
     r = runner.invoke(main, args + ["--out", str(tmp_path / "p"), "--spark-master", "yarn"])
     assert r.exit_code == 1 and "only with --executor spark" in r.output
