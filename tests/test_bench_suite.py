@@ -141,3 +141,14 @@ def test_rerun_flags_a_figure_outside_its_spread(tmp_path):
     assert got["pipeline stamps/s"]["verdict"] == "within"        # 100 / 1.02 in 90.9-111
     assert got["memory batch 512 peak MiB"]["verdict"] == "no spread"
     assert got["memory batch 512 peak MiB"]["change"] == pytest.approx(0.1)
+    # the report shows the comparison, figure by figure
+    only = tmp_path / "c"
+    only.mkdir()
+    (only / "2026-11-24-boxA-rerun.json").write_text(out.read_text())
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "report.py"), str(only),
+                           "--out", str(tmp_path / "rep"), "--no-plots"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert "boxA (2026-11-24): 2 timed figures within the first run's spread, 1 outside" in text
+    assert "| engine cpu 64px batch 128 stamps/s | 900.0 | 850.0 - 950.0 | 700.0 | -22.2% |" in text
