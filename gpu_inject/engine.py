@@ -22,8 +22,9 @@ class Accuracy:
     cell at a cusp or the lens centre may hold unrefined.
     The defaults meet SPEC section 6 (0.1 % in flux, 1 % of the peak pixel) over the manifest
     ranges: see benchmarks/accuracy.py for the measurement. eps_gate was 3e-5 until a draw
-    (seed 2, #428) came within 7.4e-4 of the 1e-3 flux limit through one pixel the gate
-    accepted; at 1e-5 its error is 6e-5."""
+    came within 7.9e-4 of the 1e-3 flux limit through one pixel the gate accepted; at 1e-5
+    its error is 5.8e-5 (``benchmarks/accuracy.py --draws 600 --seed 2 --no-corners
+    [--eps eps_gate=3e-5]``, draw #428)."""
     eps_gate: float = 1e-5
     eps_abs: float = 1e-2
     eps_rel: float = 1e-1
@@ -222,41 +223,37 @@ def get_backend(name="auto"):
     raise ValueError(f"backend = {name!r}: choose auto, cpu or gpu")
 
 
-def arcs_from_params(backend, params, flux, fwhm_px, origin_offset, stamp_size, psf_model,
-                     moffat_beta, acc=DEFAULT_ACCURACY):
-    """Arcs from packed parameters: (images float32 [n, B, S, S], magnification [n],
-    total_flux float64 [n, B], summed before the cast to float32), as arrays of the
-    backend's array module (on the device for the GPU).
+def iter_arcs(backend, params, flux, fwhm_px, origin_offset, stamp_size, psf_model,
+              moffat_beta, acc=DEFAULT_ACCURACY):
+    """Arcs from packed parameters, one chunk (at most ``backend.chunk`` rows of one render
+    size) at a time: yields (rows int64 [m], images float32 [m, B, S, S], magnification
+    [m], total_flux float64 [m, B], summed before the cast to float32), arrays of the
+    backend's array module (on the device for the GPU). Every temporary is a chunk's, never
+    the whole input's: on the CPU, arrays over glibc's mmap threshold are fresh pages each
+    time, and faulting them in cost more than the injection and metrics themselves.
 
     flux: float64 [n, B] unlensed flux per band; fwhm_px [n, B] PSF FWHM in pixels (0: none);
-    origin_offset [n, 2]: lens centre minus (S//2, S//2), pixels. Stamps are grouped by their
-    render grid size, which depends only on each stamp's own PSF, and every stamp is computed
-    from its own inputs only: results do not depend on what else is in the batch."""
+    origin_offset [n, 2]: lens centre minus (S//2, S//2), pixels. The render grid size
+    depends only on each stamp's own PSF, and every stamp is computed from its own inputs
+    only: results do not depend on what else is in the batch."""
     xp = backend.xp
-    n, nb = flux.shape
     s = stamp_size
-    images = xp.empty((n, nb, s, s), dtype=xp.float32)
-    magnification = xp.empty(n)
-    total = xp.empty((n, nb))
     sizes, margins = render_size(s, fwhm_px.max(axis=1, initial=0.0))
     for size in np.unique(sizes):
         group = np.flatnonzero(sizes == size)
         margin = int(margins[group[0]])
         for start in range(0, group.size, backend.chunk):
             idx = group[start:start + backend.chunk]
-            at = xp.asarray(idx)
             origin = origin_offset[idx] + (margin + s // 2)
             render = backend.render(np.ascontiguousarray(params[idx]), origin, int(size), acc)
-            magnification[at] = render.sum(axis=(1, 2))
+            magnification = render.sum(axis=(1, 2))
             # The PSF in float32: the stamps are float32 (SPEC 4), and a float32 FFT's
             # rounding, ~1e-7 of a stamp's peak, is below theirs; it halves the PSF's time
             # (bench, one thread: 563 -> 587-594 stamps/s). Sums stay float64.
             conv = backend.convolve_crop(render.astype(xp.float32), fwhm_px[idx], s, margin,
                                          psf_model, moffat_beta)
             conv *= xp.asarray(flux[idx])[:, :, None, None]
-            total[at] = conv.sum(axis=(2, 3))
-            images[at] = conv
-    return images, magnification, total
+            yield idx, conv.astype(xp.float32), magnification, conv.sum(axis=(2, 3))
 
 
 def inject_batch(backend, cols, psf_fwhm_arcsec, cutout, invvar, maskbits, *, pixscale, bands,
@@ -289,17 +286,12 @@ def inject_batch(backend, cols, psf_fwhm_arcsec, cutout, invvar, maskbits, *, pi
         flux = T.band_fluxes(sub, flux_r, bands)
         fwhm_px = psf_fwhm_arcsec[inj] / pixscale[inj, None]
         r = list(bands).index("r")
-        # Chunks of the backend's size, rows of one render size together: every temporary
-        # is a chunk's, not the batch's. On the CPU, arrays over glibc's mmap threshold
-        # (32 MB) are fresh pages at each batch, and faulting them in cost more than the
-        # injection and the metrics themselves.
-        order = np.argsort(render_size(s, fwhm_px.max(axis=1, initial=0.0))[0], kind="stable")
-        for start in range(0, inj.size, backend.chunk):
-            c = order[start:start + backend.chunk]
+        for c, arcs, chunk_mag, chunk_total in iter_arcs(
+                backend, params, flux, fwhm_px, lens_offset[inj], s, psf_model, moffat_beta,
+                acc):
             at = xp.asarray(inj[c])
-            arcs, mag[at], total[at] = arcs_from_params(backend, params[c], flux[c],
-                                                        fwhm_px[c], lens_offset[inj[c]], s,
-                                                        psf_model, moffat_beta, acc)
+            mag[at] = chunk_mag
+            total[at] = chunk_total
             image[at] = red.inject(cutout[at], arcs)
             arc_snr[at] = red.arc_snr(arcs[:, r], invvar[at, r])
             arc_snr_opt[at] = red.arc_snr_opt(arcs, invvar[at])
@@ -354,7 +346,11 @@ def render_arcs(tasks, *, stamp_size, psf_fwhm, pixscale=0.262, bands="grz", len
     be = get_backend(backend)
     params, flux_r = T.pack_params(cols, pixscale)
     flux = T.band_fluxes(cols, flux_r, bands)
-    images, mag, total = (be.to_host(a) for a in arcs_from_params(
-        be, params, flux, fwhm / pixscale, offset, stamp_size, psf_model, moffat_beta))
+    images = np.empty((n, len(bands), stamp_size, stamp_size), dtype=np.float32)
+    mag = np.empty(n)
+    total = np.empty((n, len(bands)))
+    for rows, *arcs in iter_arcs(be, params, flux, fwhm / pixscale, offset, stamp_size,
+                                 psf_model, moffat_beta):
+        images[rows], mag[rows], total[rows] = (be.to_host(a) for a in arcs)
     mag[cols["lens_model"] == "CONTROL"] = np.nan
     return ArcBatch(images=images, magnification=mag, total_flux=total)

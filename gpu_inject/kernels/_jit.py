@@ -18,7 +18,7 @@ PHYSICS = (
     lens.shear_deflection, lens.ray_shoot_bf, lens.ray_shoot,
     sersic.sersic_bn, sersic.elliptical_radius2, sersic.elliptical_radius,
     sersic.sersic_profile_r2, sersic.sersic_profile,
-    integrate.lensed_sample, integrate.region_is_dark, integrate.source_distance2,
+    integrate.lensed_sample, integrate.lens_distance2, integrate.region_is_dark, integrate.source_distance2,
     integrate.must_split, integrate.s5,
     integrate.gate, integrate.mem_put, integrate.mem_get, integrate.node,
     integrate.refine_pixel, integrate.cubic_weight, integrate.stencil_value,
@@ -40,8 +40,8 @@ def _constants():
     return ns
 
 
-# Called once per pixel with 21 arguments, too big (it holds the walk) for LLVM to inline:
-# targets whose calls cost (the CPU: 0.1 ms per 64x64 stamp) compile it to be inlined.
+# Called once per pixel, too big (it holds the walk) for LLVM to inline: targets whose calls
+# cost (the CPU: 0.1 ms per 64x64 stamp when it was measured) compile it to be inlined.
 INLINED = ("pixel_value",)
 
 

@@ -26,8 +26,9 @@ def render_batch(params, origin, size, eps_gate, eps_abs, eps_rel, eps_cusp, max
     params: float64 [n, NPARAM] (``physics.layout``); origin: float64 [n, 2], the lens centre
     in render-grid pixel coordinates (x, y); out: float64 [n, size, size]. Pixel (i, j) is the
     unit square centred on x = i, y = j. Blocks of block x block pixels that
-    ``region_is_dark`` proves dark are 0 without a sample (block 0: none is tried; the
-    result is the same, bit for bit). The 4 corners of every other pixel come from a grid
+    ``region_is_dark`` proves dark are 0 without a sample (block 0: none is tried; sampled,
+    such a pixel gets below 1e-9 (tested), the cubic stencil reading one pixel beyond it; and
+    every other pixel is the same bit for bit). The 4 corners of every other pixel come from a grid
     shared between neighbours; ``pixel_value`` adds its centre and walks the pixels the
     gate refuses.
     """
