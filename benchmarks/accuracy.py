@@ -412,13 +412,13 @@ def main(argv=None):
             print(f"{m:16s} {metric:10s} {d['median']:9.2e} {d['p95']:9.2e} {d['worst']:9.2e}  "
                   f"{bad:>12d}  #{d['worst_draw']} ({d['worst_label']})")
     print("corner cases (flux err, peak err):")
-    c4 = res.get(f"caustics_ss{min(caus_rate)}") if caus_rate else None
+    cmin = res.get(f"caustics_ss{min(caus_rate)}") if caus_rate else None
     for k in np.flatnonzero(corner):
         ri = ref_info[k]
         print(f"  #{k:<4d} {labels[k]:44s} ours {res['ours'][k][0]:.1e} {res['ours'][k][1]:.1e}"
               f"  lenstronomy {res['lenstronomy_ss4'][k][0]:.1e} "
               f"{res['lenstronomy_ss4'][k][1]:.1e}" +
-              (f"  caustics ss{min(caus_rate)} {c4[k][0]:.1e} {c4[k][1]:.1e}" if c4 else "") +
+              (f"  caustics ss{min(caus_rate)} {cmin[k][0]:.1e} {cmin[k][1]:.1e}" if cmin else "") +
               f"  ref {ri['seconds']:.1f} s, self-check {ri['self_flux']:.1e} "
               f"{ri['self_peak']:.1e}")
     thr = {"ours_render_stamps_per_s": n / t_ours, "ours_numba_threads": numba.get_num_threads(),

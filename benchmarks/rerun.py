@@ -12,13 +12,13 @@ their relative change, as ``no spread``. Exit status 0 when no figure is outside
 """
 import argparse
 import json
+import os
 import statistics
 import sys
 from pathlib import Path
 
-
-def _rate(stamps, seconds):
-    return stamps / seconds
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import report  # noqa: E402
 
 
 def _spread(rates):
@@ -45,11 +45,11 @@ def figures(kind, d):
         out["vs-lenstronomy: lenstronomy stamps/s"] = (d["lenstronomy"]["stamps_per_s"],
                                                        None, None)
     elif kind.startswith("pipeline") and "wall_s_all" in d:
-        rates = [_rate(d["rows"], w) for w in d["wall_s_all"]]
+        rates = [d["rows"] / w for w in d["wall_s_all"]]
         out[f"{kind} stamps/s"] = _spread(rates)
     elif kind == "cutout":
         for r in d["results"]:
-            rates = [_rate(r["stamps_per_brick"], s) for s in r["seconds_all"]]
+            rates = [r["stamps_per_brick"] / s for s in r["seconds_all"]]
             out[f"cutout {r['strategy']} {r['stamps_per_brick']}/brick stamps/s"] = (
                 _spread(rates))
     elif kind == "memory":
@@ -66,11 +66,7 @@ def figures(kind, d):
 
 def load(folder, label):
     """{kind: parsed JSON} of the newest result file of each kind for ``label``."""
-    found = {}
-    for path in sorted(Path(folder).glob(f"*-{label}-*.json")):
-        kind = path.stem.split(f"-{label}-", 1)[1]
-        found[kind] = json.loads(path.read_text())   # sorted by date: the newest wins
-    return found
+    return {kind: d for kind, (_, d) in report.load(folder).get(label, {}).items()}
 
 
 def compare(first, second):

@@ -267,7 +267,8 @@ def demo(out, backend, bricks, brick_size, targets_per_brick, seed, progress):
 
 def _demo_validate(res):
     """``gpu-inject validate`` on the demo's run (every brick sampled, controls re-cut from
-    the mock coadds): the checks that are not PASS, and a summary line."""
+    the mock coadds): prints the checks that are not PASS and a summary line, returns the
+    result."""
     from .validate import ValidateError, validate_run
 
     try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import itertools
 import math
 import os
 import platform
@@ -505,12 +506,6 @@ def _run_batch(backend, segments, opts: RunOptions):
         start += rows.size
 
 
-def _inline(jobs, fn):
-    """fn(*job) for each job, in this process (a Spark task: its parallelism is Spark's)."""
-    for job in jobs:
-        yield fn(*job)
-
-
 def process_units(jobs, backend, store: Store, source: CoaddSource, opts: RunOptions, *,
                   workers: int, on_unit=None, after_part=None) -> list:
     """The host loop, shared by every executor: for each ``(Unit, table, errors)`` of
@@ -575,7 +570,7 @@ def process_units(jobs, backend, store: Store, source: CoaddSource, opts: RunOpt
 
         reads = ((u, t, e, source, opts) for u, t, e in jobs)
         stream = (_prefetch(reads, read_unit, workers, depth) if workers > 0
-                  else _inline(reads, read_unit))
+                  else itertools.starmap(read_unit, reads))
         for d in stream:
             rows = np.flatnonzero(d.good)
             d.pending = rows.size

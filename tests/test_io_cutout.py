@@ -183,7 +183,6 @@ def test_strategy_threshold():
     edge = int(1296 / (4 * TILE_CALL_COSTS["astropy"]))
     assert choose_strategy(edge - 1, 64, dr10, (100, 100), TILE_CALL_COSTS["astropy"]) == "tiles"
     assert choose_strategy(edge + 1, 64, dr10, (100, 100), TILE_CALL_COSTS["astropy"]) == "whole"
-    assert TILE_CALL_COSTS["fitsio"] < TILE_CALL_COSTS["astropy"]
 
 
 def test_auto_strategy_and_brick_level_failure(small_brick, tmp_path):

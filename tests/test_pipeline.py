@@ -396,7 +396,7 @@ def test_sigkill_at_random_points_then_rerun_gives_every_row_once(world, tmp_pat
            "--coadd-root", str(world["coadd"]), "--out", str(out), "--experiment-id", "e1",
            "--unit-rows", "2", "--batch-size", "3", "--workers", "2", "--no-progress"]
     rng = np.random.default_rng(7)
-    kills = 0
+    kills = seen_readers = 0
     for _ in range(3):
         before = len(_parts(out))
         p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -406,6 +406,7 @@ def test_sigkill_at_random_points_then_rerun_gives_every_row_once(world, tmp_pat
         time.sleep(rng.uniform(0.0, 0.5))
         if p.poll() is None:
             readers = _children(p.pid)
+            seen_readers += len(readers)
             p.send_signal(signal.SIGKILL)
             kills += 1
             p.wait()
@@ -416,6 +417,7 @@ def test_sigkill_at_random_points_then_rerun_gives_every_row_once(world, tmp_pat
             assert not [r for r in readers if _alive(r)], "orphaned reader processes"
         p.wait()
     assert kills >= 2, "the runs finished before they could be killed"
+    assert seen_readers > 0, "no reader process was seen, so none was checked for orphans"
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert not [f for d, _, fs in os.walk(out) for f in fs if f.endswith(".tmp")]

@@ -329,10 +329,9 @@ def _cut_into(out: StampSet, files: BrickFiles, ra, dec, size, bands, want_mask,
         out.edge = inside & ((x0 < 0) | (y0 < 0) | (x0 + size > nx) | (y0 + size > ny))
         rows = np.flatnonzero(inside)
 
-        first = imgs[("image", bands[0])]
         if strategy == "auto":
-            strategy = choose_strategy(len(rows), size, ref.shape, first.tile_shape,
-                                       TILE_CALL_COSTS[first.reader])
+            strategy = choose_strategy(len(rows), size, ref.shape, ref.tile_shape,
+                                       TILE_CALL_COSTS[ref.reader])
         if strategy not in ("tiles", "whole"):
             raise ValueError(f"unknown strategy {strategy!r}")
         out.strategy = strategy
@@ -349,18 +348,17 @@ def _cut_into(out: StampSet, files: BrickFiles, ra, dec, size, bands, want_mask,
             """read(ys, ye, xs, xe) of one file: its tiles, or slices of the whole image
             (decompressed here, freed when the returned function is)."""
             if strategy == "tiles":
-                return imgs[spec].read
+                read = imgs[spec].read
+                return read if convert is None else (lambda *w: convert(read(*w)))
             full = imgs[spec].read_all()
             if convert is not None:
                 full = convert(full)
             return lambda a, b, c, d: full[a:b, c:d]
 
-        def fill(dst, read, convert=None):
+        def fill(dst, read):
             for i in rows:
                 a, b, c, d = int(ys[i]), int(ye[i]), int(xs[i]), int(xe[i])
-                win = read(a, b, c, d)
-                dst(i)[a - y0[i]:b - y0[i], c - x0[i]:d - x0[i]] = (
-                    win if convert is None else convert(win))
+                dst(i)[a - y0[i]:b - y0[i], c - x0[i]:d - x0[i]] = read(a, b, c, d)
 
         for k, b in enumerate(bands):
             for product, arr in (("image", out.image), ("invvar", out.invvar)):
@@ -372,8 +370,7 @@ def _cut_into(out: StampSet, files: BrickFiles, ra, dec, size, bands, want_mask,
                                              int(cx[i]), int(cx[i]) + 1)[0, 0]
                 del read
         if want_mask:
-            fill(lambda i: out.maskbits[i], reader(("maskbits", None), _as_int32_mask),
-                 _as_int32_mask)
+            fill(lambda i: out.maskbits[i], reader(("maskbits", None), _as_int32_mask))
     finally:
         for img in opened:
             try:
