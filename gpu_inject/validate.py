@@ -32,8 +32,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from .io.manifest import SPLITS
+from .io.psf import SOURCE_MANIFEST, SOURCE_MAP, SOURCE_R_FALLBACK
+
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
-SPLITS = ("train", "val", "test")
 CONTROL = "CONTROL"
 
 #: The user's clean-subset cut (QUALITY_CUT_BAD_PIXEL_FRAC) and the share of injections
@@ -285,8 +287,8 @@ class Examples:
 class Batch:
     """One record batch of the metrics, with numpy views made once."""
 
-    def __init__(self, rb: pa.RecordBatch, bands):
-        self.rb, self.bands = rb, tuple(bands)
+    def __init__(self, rb: pa.RecordBatch):
+        self.rb = rb
         self.n = rb.num_rows
         self._cache = {}
 
@@ -641,7 +643,6 @@ class PsfAcc:
         self.low = Counter()
         self.low_examples = {b: Examples() for b in bands}
         self.hist = {}          # (split, band) -> Hist
-        self.split_n = Counter()
         self.split_fallback = Counter()
 
     def update(self, b: Batch) -> None:
@@ -651,6 +652,7 @@ class PsfAcc:
         self.n += int(ok.sum())
         split = b.text("region_split")
         r_used = b.num("psf_fwhm_used_r") if "r" in self.bands else None
+        by_split = {s: ok & (split == s) for s in np.unique(split[ok].astype(str))}
         for band in self.bands:
             v, src = b.num(f"psf_fwhm_used_{band}"), b.num(f"psf_source_{band}")
             with np.errstate(invalid="ignore"):
@@ -659,7 +661,7 @@ class PsfAcc:
             if bad.any() and len(self.bad_examples) < EXAMPLES:
                 self.bad_examples += [dict(e, band=band) for e in
                                       b.records(bad, f"psf_fwhm_used_{band}")]
-            fb = ok & (src == 2)
+            fb = ok & (src == SOURCE_R_FALLBACK)
             self.fallback[band] += int(fb.sum())
             wrong = ok & self._provenance_wrong(b, band, v, src, r_used)
             self.mismatch[band] += int(wrong.sum())
@@ -673,12 +675,9 @@ class PsfAcc:
                 idx = np.flatnonzero(low)
                 recs = [dict(e, band=band) for e in self._records(b, idx, band)]
                 self.low_examples[band].add([r["value"] for r in recs], recs)
-            for s in np.unique(split[ok].astype(str)):
-                rows = ok & (split == s)
+            for s, rows in by_split.items():
                 self.hist.setdefault((s, band), Hist(PSF_EDGES)).add(v[rows])
                 self.split_fallback[(s, band)] += int((rows & fb).sum())
-        for s, k in Counter(split[ok].tolist()).items():
-            self.split_n[s] += k
 
     @staticmethod
     def _records(b: Batch, idx, band):
@@ -696,14 +695,13 @@ class PsfAcc:
         """Rows whose value is not what psf_source says: 1 the manifest's psfsize_<b>,
         2 the r value (never for r itself), and 0, 1 or 2 only."""
         with np.errstate(invalid="ignore"):
-            wrong = ~np.isin(src, (0, 1, 2))
-            if f"psfsize_{band}" in b.rb.schema.names:
-                man = b.num(f"psfsize_{band}")
-                wrong |= (src == 1) & ~np.isclose(v, man, rtol=1e-9, atol=0)
+            wrong = ~np.isin(src, (SOURCE_MAP, SOURCE_MANIFEST, SOURCE_R_FALLBACK))
+            man = b.num(f"psfsize_{band}")   # a column open_run requires
+            wrong |= (src == SOURCE_MANIFEST) & ~np.isclose(v, man, rtol=1e-9, atol=0)
             if band == "r":
-                wrong |= src == 2
+                wrong |= src == SOURCE_R_FALLBACK
             elif r_used is not None:
-                wrong |= (src == 2) & (v != r_used)
+                wrong |= (src == SOURCE_R_FALLBACK) & (v != r_used)
         return wrong
 
     def check_positive(self) -> Check:
@@ -960,7 +958,7 @@ class CompletenessAcc:
             clean = b.num("bad_pixel_frac") <= CLEAN_BAD_PIXEL_FRAC
         nofb = np.ones(b.n, bool)
         for band in self.bands:
-            nofb &= b.num(f"psf_source_{band}") != 2
+            nofb &= b.num(f"psf_source_{band}") != SOURCE_R_FALLBACK
         good = inj & np.isfinite(ratio)
         idx = np.digitize(ratio[good], RESOLUTION_EDGES)
         k = self.all.size
@@ -992,6 +990,7 @@ class Run:
     root: str                # <out> as a local path or an S3 key
     config: dict | None
     bands: tuple
+    metrics: ds.Dataset | None = None   # opened once by open_run
 
     def path(self, *parts) -> str:
         return "/".join([self.root, *parts])
@@ -1040,7 +1039,8 @@ def open_run(out: str, experiment_id: str) -> Run:
     except Exception as exc:  # noqa: BLE001 - unreachable output: one line
         raise ValidateError(f"cannot read {out}: {_one_line(exc)}") from None
     run = Run(out, experiment_id, fs, root, config, ())
-    schema = run.dataset("metrics").schema
+    run.metrics = run.dataset("metrics")
+    schema = run.metrics.schema
     bands = tuple(b for b in "grz" if f"psf_fwhm_used_{b}" in schema.names)
     if config and config.get("options", {}).get("bands"):
         bands = tuple(b for b in config["options"]["bands"].split(",") if b in bands) or bands
@@ -1124,7 +1124,7 @@ def scan_metrics(run: Run, accs, splits: SplitsAcc, batch_rows=BATCH_ROWS, log=N
     """Stream the metrics through every accumulator; returns the rows read. Parts are small
     (a unit's rows), so they are gathered to ``batch_rows`` rows before the accumulators see
     them; ``splits`` notes which part holds which brick on the way."""
-    dataset = run.dataset("metrics")
+    dataset = run.metrics
     top = run.path("metrics", run.experiment_id)
     n, buf, held = 0, [], 0
 
@@ -1132,7 +1132,7 @@ def scan_metrics(run: Run, accs, splits: SplitsAcc, batch_rows=BATCH_ROWS, log=N
         t = pa.concat_tables(buf).combine_chunks()
         buf.clear()
         for rb in t.to_batches(max_chunksize=batch_rows):
-            b = Batch(rb, run.bands)
+            b = Batch(rb)
             for acc in accs:
                 acc.update(b)
 
@@ -1304,7 +1304,7 @@ class SampleAcc:
             self.raw[f"{kind}_compared"] += 1
             self.raw[f"{kind}_equal"] += int(same)
             for j, b in enumerate(self.bands):
-                if r.get(f"psf_source_{b}") == 0:
+                if r.get(f"psf_source_{b}") == SOURCE_MAP:
                     self.raw["psf_compared"] += 1
                     eq = r.get(f"psf_fwhm_used_{b}") == float(raw.psfsize[k, j])
                     self.raw["psf_equal"] += int(eq)

@@ -1,8 +1,11 @@
 """Output parts of SPEC 5: tensor columns with their shapes and nulls, partitions by split,
 atomic appearance (no partial part, no temporary left behind)."""
+import io
 import os
+import threading
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
@@ -74,3 +77,37 @@ def test_parts_written_to_s3_through_moto(moto_s3):
                         storage_options=moto_s3["opts"])
     with fsspec.filesystem("s3", **moto_s3["opts"]).open(path[5:], "rb") as fh:
         assert pq.read_table(fh).equals(t)
+
+
+def test_concurrent_attempts_writing_one_part_leave_one_whole_part(tmp_path):
+    """Attempts of one task (a retry racing a speculative copy) write the same part at once:
+    whenever the part is opened it is one attempt's whole file, and no temporary is left.
+    (Tables differ here to tell attempts apart; real attempts write identical bytes.)"""
+    path = str(tmp_path / "region_split=train" / "part-000000.parquet")
+    tables = [pa.table({"task_id": np.arange(k * 1000, (k + 1) * 1000), "x": np.full(1000, k)})
+              for k in range(4)]
+    errors, seen = [], set()
+
+    def attempt(t):
+        try:
+            for _ in range(20):
+                W.write_part(t, path)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=attempt, args=(t,)) for t in tables]
+    for th in threads:
+        th.start()
+    while any(th.is_alive() for th in threads):
+        try:
+            with open(path, "rb") as f:       # one open: one inode, whatever replaces it
+                data = f.read()
+        except FileNotFoundError:
+            continue
+        t = pq.read_table(io.BytesIO(data))
+        assert t.num_rows == 1000 and len(set(t["x"].to_pylist())) == 1
+        seen.add(t["x"][0].as_py())
+    for th in threads:
+        th.join()
+    assert not errors and seen
+    assert os.listdir(os.path.dirname(path)) == ["part-000000.parquet"]

@@ -9,12 +9,9 @@ import json
 import os
 import shutil
 import sys
-import threading
 import time
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
@@ -27,7 +24,6 @@ from test_pipeline import _same, _tables, world  # noqa: E402,F401 (world: the f
 from gpu_inject import spark as gspark  # noqa: E402
 from gpu_inject.cli import main  # noqa: E402
 from gpu_inject.io.manifest import read_manifest  # noqa: E402
-from gpu_inject.io.writer import write_part  # noqa: E402
 from gpu_inject.pipeline import PipelineError, RunOptions, plan_units, run  # noqa: E402
 
 CRASH_UNIT = "000001"     # the unit whose first attempt is killed in experiment "crash"
@@ -150,42 +146,6 @@ def test_either_executor_resumes_the_others_run(runs, tmp_path, first, then):
     cfg = _config(str(out))
     assert [i["executor"] for i in cfg["invocations"]] == [first, then]
     assert cfg["counts"] == _config(runs["local"].out)["counts"]
-
-
-def test_concurrent_attempts_writing_one_part_leave_one_whole_part(tmp_path):
-    """Attempts of one task (a retry racing a speculative copy) write the same part at once:
-    whenever the part is opened it is one attempt's whole file, and no temporary is left.
-    (Tables differ here to tell attempts apart; real attempts write identical bytes.)"""
-    import io
-
-    path = str(tmp_path / "region_split=train" / "part-000000.parquet")
-    tables = [pa.table({"task_id": np.arange(k * 1000, (k + 1) * 1000), "x": np.full(1000, k)})
-              for k in range(4)]
-    errors, seen = [], set()
-
-    def attempt(t):
-        try:
-            for _ in range(20):
-                write_part(t, path)
-        except Exception as exc:  # noqa: BLE001
-            errors.append(exc)
-
-    threads = [threading.Thread(target=attempt, args=(t,)) for t in tables]
-    for th in threads:
-        th.start()
-    while any(th.is_alive() for th in threads):
-        try:
-            with open(path, "rb") as f:       # one open: one inode, whatever replaces it
-                data = f.read()
-        except FileNotFoundError:
-            continue
-        t = pq.read_table(io.BytesIO(data))
-        assert t.num_rows == 1000 and len(set(t["x"].to_pylist())) == 1
-        seen.add(t["x"][0].as_py())
-    for th in threads:
-        th.join()
-    assert not errors and seen
-    assert os.listdir(os.path.dirname(path)) == ["part-000000.parquet"]
 
 
 def test_a_second_attempt_rewrites_identical_parts(runs, tmp_path):
