@@ -34,9 +34,7 @@ from .io.coadd import CoaddError, CoaddSource
 from .io.cutout import cut_brick
 from .io.manifest import SPLITS, read_manifest
 from .io.psf import resolve_psf_fwhm
-from .io.writer import Store, stamps_table
-
-CONFIG_NAME = "_stage_config.json"
+from .io.writer import CONFIG_NAME, Store, stamps_table
 #: A unit closes once it holds this many rows (whole bricks only). Unit ids depend on it,
 #: so a restart with another value is refused like any output-changing option.
 UNIT_ROWS = 256

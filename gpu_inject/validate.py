@@ -1007,23 +1007,30 @@ def _one_line(exc) -> str:
     return (" ".join(str(exc).split()) or type(exc).__name__)[:300]
 
 
-def _s3fs():
-    import fsspec
-
-    opts = {}
+def _s3_options() -> dict:
+    opts = {"skip_instance_cache": True}
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint:
         opts["endpoint_url"] = endpoint
-    return fsspec.filesystem("s3", skip_instance_cache=True, **opts)
+    return opts
+
+
+def _s3fs():
+    import fsspec
+
+    return fsspec.filesystem("s3", **_s3_options())
 
 
 def open_run(out: str, experiment_id: str) -> Run:
     """The run under ``out`` (local folder or s3:// URL); ValidateError when its metrics
     cannot be found or lack a column the checks need."""
+    from .io.writer import CONFIG_NAME, Store
+
     out = str(out).rstrip("/")
     remote = out.startswith("s3://")
-    fs = _s3fs() if remote else None
-    root = out[5:] if remote else os.path.abspath(out)
+    store = Store(out, _s3_options() if remote else None)
+    fs = store.fs
+    root = out[5:] if remote else store.out
     exists = (lambda p: fs.exists(p)) if remote else os.path.isdir
     try:
         if not exists(f"{root}/metrics/{experiment_id}"):
@@ -1033,7 +1040,7 @@ def open_run(out: str, experiment_id: str) -> Run:
             names = sorted(os.path.basename(str(p).rstrip("/")) for p in found)
             raise ValidateError(f"{out}: no metrics for experiment {experiment_id!r} "
                                 f"(found: {', '.join(names) or 'none'})")
-        config = _read_config(fs, root)
+        config = store.read_json(CONFIG_NAME)
     except ValidateError:
         raise
     except Exception as exc:  # noqa: BLE001 - unreachable output: one line
@@ -1050,16 +1057,6 @@ def open_run(out: str, experiment_id: str) -> Run:
         raise ValidateError(f"{out}: metrics of {experiment_id} lack column(s) "
                             f"{', '.join(missing or ['psf_fwhm_used_r'])}")
     return run
-
-
-def _read_config(fs, root):
-    path = f"{root}/_stage_config.json"
-    if fs is not None:
-        return json.loads(fs.cat_file(path)) if fs.exists(path) else None
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
 
 
 def metrics_columns(bands) -> list:

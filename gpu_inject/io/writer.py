@@ -102,6 +102,10 @@ def write_part(table: pa.Table, path: str, storage_options=None) -> str:
     return path
 
 
+#: The stage config of a run, at ``<out>/CONFIG_NAME`` (written by the pipeline).
+CONFIG_NAME = "_stage_config.json"
+
+
 class Store:
     """The ``--out`` location, a local folder or an ``s3://`` URL: part files, the stage
     config, and what a restart needs to know (which parts exist)."""
