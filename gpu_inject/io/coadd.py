@@ -406,6 +406,18 @@ def _astropy_whole(hdu, lock) -> np.ndarray:
     return np.asarray(hdu.data)
 
 
+def _tile_shape(h):
+    """(rows, columns) of a tile-compressed image's tiles from its table header (a mapping
+    with .get: an astropy Header or a dict of cards), None when ZTILE1/2 are absent."""
+    t1, t2 = h.get("ZTILE1"), h.get("ZTILE2")
+    return None if t1 is None or t2 is None else (int(t2), int(t1))
+
+
+def _table_bytes(h):
+    """Bytes of a compressed image's binary table plus heap: NAXIS1 * NAXIS2 + PCOUNT."""
+    return int(h.get("NAXIS1", 0)) * int(h.get("NAXIS2", 0)) + int(h.get("PCOUNT", 0))
+
+
 class AstropyImage(ImageFile):
     """HDU 1 through astropy: files held in memory (remote without ``cache_dir``), and
     local files when fitsio is not installed or cannot take the path."""
@@ -421,10 +433,8 @@ class AstropyImage(ImageFile):
         self.compression = ""
         if isinstance(hdu, fits.CompImageHDU):
             self.compression = str(hdu.compression_type or "")
-            h = hdu._bintable.header if hasattr(hdu, "_bintable") else hdu.header
-            t1, t2 = h.get("ZTILE1"), h.get("ZTILE2")
-            if t1 is not None and t2 is not None:
-                self.tile_shape = (int(t2), int(t1))
+            self.tile_shape = _tile_shape(
+                hdu._bintable.header if hasattr(hdu, "_bintable") else hdu.header)
         self.wcs_cards = tuple(str(c) for c in hdu.header.cards
                                if _WCS_CARD.fullmatch(c.keyword))
         self._set_lock()
@@ -451,11 +461,8 @@ class AstropyImage(ImageFile):
             end = info["datLoc"] + info["datSpan"]
             if isinstance(hdu, fits.CompImageHDU):
                 # The binary table plus heap: header NAXIS1*NAXIS2 + PCOUNT bytes.
-                h = hdu._bintable.header if hasattr(hdu, "_bintable") else None
-                if h is not None:
-                    need = (int(h.get("NAXIS1", 0)) * int(h.get("NAXIS2", 0))
-                            + int(h.get("PCOUNT", 0)))
-                    end = max(end, info["datLoc"] + need)
+                if hasattr(hdu, "_bintable"):
+                    end = max(end, info["datLoc"] + _table_bytes(hdu._bintable.header))
             else:
                 end = info["datLoc"] + hdu._data_size if hasattr(hdu, "_data_size") else end
             _check_extent(name, end, size)
@@ -520,11 +527,9 @@ class FitsioImage(ImageFile):
                     break
             tile_shape, compression = None, ""
             if info.get("is_compressed_image"):
-                # The binary table plus heap: NAXIS1*NAXIS2 + PCOUNT bytes.
-                need = h.get("NAXIS1", 0) * h.get("NAXIS2", 0) + h.get("PCOUNT", 0)
+                need = _table_bytes(h)
                 compression = str(h.get("ZCMPTYPE", ""))
-                if "ZTILE1" in h and "ZTILE2" in h:
-                    tile_shape = (int(h["ZTILE2"]), int(h["ZTILE1"]))
+                tile_shape = _tile_shape(h)
             else:
                 need = abs(h.get("BITPIX", 8)) // 8 * dims[0] * dims[1]
             _check_extent(name, data + need, size)
