@@ -5,6 +5,8 @@ One interface, two backends: ``CpuBackend`` (Numba loops on this machine's cores
 module), ``chunk``, ``reduce`` (its metric kernels), ``to_device``/``to_host``, ``render``
 and ``convolve_crop``. ``auto`` picks the GPU when one works and says why.
 """
+import inspect
+from collections import deque
 from dataclasses import dataclass
 
 import numba
@@ -41,6 +43,14 @@ class ArcBatch:
     images: np.ndarray          # float32 [N, nbands, S, S], arc only, after the PSF
     magnification: np.ndarray   # float64 [N]: lensed flux over the render grid / F
     total_flux: np.ndarray      # float64 [N, nbands]: sum of images over the stamp
+
+
+#: Device memory a stamp of a render chunk takes: render, corner grids and FFT temporaries,
+#: ~1 MB at 64x64 with its PSF margin (GpuBackend sizes its chunks and flights with it).
+CHUNK_STAMP_BYTES = 1 << 20
+#: Batches queued on the GPU at once (inject_batches): one computes while the other's
+#: inputs go in and the previous one's results come out.
+IN_FLIGHT = 2
 
 
 class BackendUnavailable(RuntimeError):
@@ -126,6 +136,7 @@ class GpuBackend:
             self.xp = np
             self.device = "Numba CUDA simulator (no GPU: kernels run in Python on numpy arrays)"
             self.chunk = 128
+            self.flight_bytes = None   # no device memory to bound
         else:
             try:
                 available = cuda.is_available()
@@ -150,39 +161,106 @@ class GpuBackend:
                                          f"{_one_line(exc)}") from None
             self.xp = cupy
             name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+            # Chunks' temporaries use at most a quarter of the memory free at start, the
+            # batches in flight (inputs, results, their chunks' temporaries) at most half.
+            self.chunk = int(max(256, min(16384, free // 4 // CHUNK_STAMP_BYTES)))
+            self.flight_bytes = free // 2
             self.device = (f"{name}, {total / 2**30:.0f} GiB, compute capability "
-                           f"{props['major']}.{props['minor']}")
-            # Render + FFT temporaries are ~1 MB per stamp at 64x64 with its PSF margin:
-            # chunks use at most a quarter of the memory free at start.
-            self.chunk = int(max(256, min(16384, free // 4 // (1 << 20))))
-            self.stream = cupy.cuda.Stream(non_blocking=True)
+                           f"{props['major']}.{props['minor']}; chunks of {self.chunk} "
+                           f"stamps, up to {IN_FLIGHT} batches in flight within "
+                           f"{self.flight_bytes / 2**30:.1f} GiB (from the "
+                           f"{free / 2**30:.1f} GiB free at start)")
         from .kernels import cuda as kernels
         from .kernels import psf, reduce_cuda
 
         self._kernels, self._psf, self.reduce = kernels, psf, reduce_cuda
         self.why = "asked for"
+        # One stream per batch in flight (see inject_batches); under the simulator, stand-ins
+        # so that the same scheduling code runs there.
+        self.streams = [self._new_stream() for _ in range(IN_FLIGHT)]
+        self._keep = None   # the pinned staging buffers of the batch being enqueued
 
     def to_device(self, a):
-        """Host array -> device, through pinned memory (an asynchronous copy on the
-        backend's stream) on a GPU; the array itself under the simulator."""
+        """Host array -> device on the current stream, through a pinned staging buffer (from
+        CuPy's pinned pool) so that the copy is asynchronous; the array itself under the
+        simulator. Inside ``inject_batches`` the buffer is kept until its batch is done;
+        outside, the copy is waited for before the buffer goes back to the pool."""
         if self.simulator:
             return np.ascontiguousarray(a)
         cupy = self.xp
         if isinstance(a, cupy.ndarray):
             return a
         a = np.ascontiguousarray(a)
-        pinned = cupy.cuda.alloc_pinned_memory(a.nbytes)   # from CuPy's pinned pool
-        staging = np.frombuffer(pinned, a.dtype, a.size).reshape(a.shape)
+        staging = self._pinned(a.shape, a.dtype)
         staging[...] = a
         out = cupy.empty(a.shape, a.dtype)
-        out.set(staging, stream=self.stream)
-        self.stream.synchronize()   # the staging buffer goes back to the pool after this
+        stream = cupy.cuda.get_current_stream()
+        out.set(staging, stream=stream)
+        if self._keep is None:
+            stream.synchronize()
+        else:
+            self._keep.append(staging)
         return out
 
     def to_host(self, a):
         if self.simulator or isinstance(a, np.ndarray):
             return np.asarray(a)
         return a.get()
+
+    # The primitives of inject_batches' scheduling, stand-ins under the simulator.
+
+    def _new_stream(self):
+        return None if self.simulator else self.xp.cuda.Stream(non_blocking=True)
+
+    def _pinned(self, shape, dtype):
+        """An uninitialised numpy array in pinned host memory (CuPy's pinned pool: it goes
+        back to the pool when the array is dropped); plain memory under the simulator."""
+        if self.simulator:
+            return np.empty(shape, dtype)
+        dtype = np.dtype(dtype)
+        size = int(np.prod(shape, dtype=np.int64))
+        mem = self.xp.cuda.alloc_pinned_memory(max(size * dtype.itemsize, 1))
+        return np.frombuffer(mem, dtype, size).reshape(shape)
+
+    def submit(self, stream, enqueue):
+        """Run ``enqueue()`` (it queues one batch's work and returns its device results, a
+        dict of arrays) with ``stream`` current, then queue the copy of every result into
+        pinned host memory on the same stream. Returns the batch in flight: (host results,
+        an event that completes with the copies, what must live until then)."""
+        if self.simulator:
+            out = enqueue()
+            return {k: np.array(v) for k, v in out.items()}, None, None
+        self._keep = keep = []
+        try:
+            with stream:
+                out = enqueue()
+                host = {}
+                for k, v in out.items():
+                    host[k] = self._pinned(v.shape, v.dtype)
+                    v.get(stream=stream, out=host[k], blocking=False)
+                event = stream.record()
+        except BaseException:
+            stream.synchronize()   # copies already queued read the staging buffers: let them
+            raise                  # finish before the buffers go back to the pool
+        finally:
+            self._keep = None
+        # the device results stay referenced until the copies are done: their memory must
+        # not be reused by the next batch on this stream before then
+        return host, event, (keep, out)
+
+    def collect(self, flight):
+        """The host results of a batch from ``submit``, once its copies are done."""
+        host, event, _ = flight
+        if event is not None:
+            event.synchronize()
+        return host
+
+    def batch_bytes(self, cutout, invvar, maskbits):
+        """Device memory a batch holds while in flight: its inputs, the injected images,
+        and its render chunks' temporaries (the per-stamp metrics are negligible)."""
+        n = cutout.shape[0]
+        return (2 * cutout.nbytes + invvar.nbytes + maskbits.nbytes
+                + min(n, self.chunk) * CHUNK_STAMP_BYTES)
 
     def synchronize(self):
         """Wait for all work queued on the device (before a clock is read)."""
@@ -306,6 +384,96 @@ def inject_batch(backend, cols, psf_fwhm_arcsec, cutout, invvar, maskbits, *, pi
         "wise_brightmask_frac": wise,
     }
     return {k: backend.to_host(v) for k, v in out.items()} if to_host else out
+
+
+def _name_batch(exc, k, n):
+    """``exc`` with a note naming the batch it came from (add_note on Python >= 3.11)."""
+    note = f"in batch {k} of inject_batches ({n} stamps; batches counted from 0)"
+    if hasattr(exc, "add_note"):
+        exc.add_note(note)
+    else:
+        exc.__notes__ = [*getattr(exc, "__notes__", []), note]
+    return exc
+
+
+def inject_batches(backend, batches):
+    """``inject_batch`` on each ``(args, kwargs)`` of ``batches``, yielding each batch's host
+    results in order: the same arrays as ``inject_batch(backend, *args, **kwargs)``
+    (``to_host`` must not be given). ``batches`` is any iterable, read lazily: when batch k's
+    results are yielded, batches up to k + IN_FLIGHT have been taken from it (up to k on the
+    CPU).
+
+    On a GPU up to ``IN_FLIGHT`` batches are queued at once, each on its own stream: while one
+    batch's kernels run, the next one's inputs are copied in (pinned staging buffers) and the
+    previous one's results copied out (into pinned host memory, returned as numpy views), and
+    the host prepares the next batch. A batch joins the queue only if its device memory and
+    that of the batches in flight fit ``backend.flight_bytes``; otherwise the oldest is
+    finished first. On the CPU the batches run one after the other; under Numba's simulator
+    the queueing runs as on a GPU, but each batch is computed as it is queued.
+
+    An exception raised by a batch (a bad input, a device error) comes out after the results
+    of every batch before it, with a note naming the batch (counted from 0); so does one
+    raised by ``batches`` itself, without the note. No later batch is started."""
+    submit = getattr(backend, "submit", None)
+    it = iter(batches)
+    flights = deque()   # (k, stamps, device bytes, flight), oldest first
+    failed = None
+    k = 0
+    try:
+        while failed is None:
+            try:
+                args, kw = next(it)
+            except StopIteration:
+                break
+            except Exception as exc:  # noqa: BLE001 - the caller's: raised in its turn below
+                failed = exc
+                break
+            bound = inspect.signature(inject_batch).bind(backend, *args, **kw).arguments
+            n = len(bound["cutout"])
+            if submit is None:
+                try:
+                    res = inject_batch(backend, *args, **kw)
+                except Exception as exc:
+                    _name_batch(exc, k, n)
+                    raise
+                yield res
+                k += 1
+                continue
+            need = backend.batch_bytes(bound["cutout"], bound["invvar"], bound["maskbits"])
+            while flights and (len(flights) >= IN_FLIGHT or (
+                    backend.flight_bytes is not None
+                    and need + sum(f[2] for f in flights) > backend.flight_bytes)):
+                yield _collect(backend, flights.popleft())
+            try:
+                flight = submit(backend.streams[k % IN_FLIGHT],
+                                lambda: inject_batch(backend, *args, **kw, to_host=False))
+            except Exception as exc:
+                failed = _name_batch(exc, k, n)
+                break
+            flights.append((k, n, need, flight))
+            k += 1
+        while flights:
+            yield _collect(backend, flights.popleft())
+    finally:
+        # Closed early (the consumer stopped, or raised): wait for the copies still queued
+        # before their pinned buffers can go back to the pool. Errors here would hide the
+        # one that brought us here, and the batches are given up anyway.
+        for _, _, _, flight in flights:
+            try:
+                backend.collect(flight)
+            except Exception:  # noqa: BLE001, S110
+                pass
+    if failed is not None:
+        raise failed
+
+
+def _collect(backend, entry):
+    k, n, _, flight = entry
+    try:
+        return backend.collect(flight)
+    except Exception as exc:
+        _name_batch(exc, k, n)
+        raise
 
 
 def render_arcs(tasks, *, stamp_size, psf_fwhm, pixscale=0.262, bands="grz", lens_offset=None,

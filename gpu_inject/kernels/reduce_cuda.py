@@ -6,6 +6,7 @@ functions). One block per stamp: each thread sums a fixed, strided set of pixels
 shared-memory tree adds the threads' partial sums in a fixed order. No atomics: a stamp's
 result depends only on its own pixels and is the same run to run. The order of the sums
 differs from the CPU's (one thread, C order), so the two agree to rounding, not bit for bit.
+Kernels are launched on CuPy's current stream (``cuda.launch_stream``).
 """
 import math
 
@@ -13,6 +14,7 @@ import numpy as np
 from numba import cuda, float64, int64
 
 from ._jit import compile_metrics
+from .cuda import device_args, launch_stream
 
 M = compile_metrics(cuda.jit(device=True, inline=True))
 snr_flux, snr_var, snr, opt_term = M.snr_flux, M.snr_var, M.snr, M.opt_term
@@ -113,7 +115,8 @@ def _per_stamp(kernel, arc, invvar):
     n = arc.shape[0]
     out = _xp(arc).empty(n, dtype=np.float64)
     if n:
-        kernel[n, TPB](_flat(arc, n), _flat(invvar, n), out)
+        xp = _xp(arc)
+        kernel[n, TPB, launch_stream(xp)](*device_args(_flat(arc, n), _flat(invvar, n), out))
     return out
 
 
@@ -138,7 +141,8 @@ def mask_fractions(maskbits, invvar):
     if n:
         npix = int(np.prod(maskbits.shape[1:], dtype=np.int64))
         inv = xp.ascontiguousarray(invvar).reshape(n, invvar.shape[1], npix)
-        _mask_fractions[n, TPB](_flat(maskbits, n), inv, bad, wise)
+        _mask_fractions[n, TPB, launch_stream(xp)](*device_args(_flat(maskbits, n), inv, bad,
+                                                                wise))
     return bad, wise
 
 
