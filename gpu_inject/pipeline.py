@@ -481,18 +481,23 @@ def _prefetch(jobs, fn, workers, depth):
                 f.cancel()
 
 
-def _run_batch(backend, segments, opts: RunOptions):
-    """Run the engine on the valid rows of ``segments`` [(UnitData, rows)] at once and put
-    the results back into their units."""
+def _batch_args(segments, opts: RunOptions):
+    """``inject_batch``'s (args, kwargs) for the valid rows of ``segments`` [(UnitData,
+    rows)], concatenated in order."""
     def cat(get):
         return np.concatenate([get(d)[rows] for d, rows in segments])
 
     cols = {k: cat(lambda d, k=k: d.cols[k]) for k in segments[0][0].cols}
-    res = engine.inject_batch(
-        backend, cols, cat(lambda d: d.psf_fwhm), cat(lambda d: d.image),
-        cat(lambda d: d.invvar), cat(lambda d: d.maskbits), pixscale=cat(lambda d: d.pixscale),
-        bands=opts.bands, lens_offset=cat(lambda d: d.lens_offset), psf_model=opts.psf_model,
-        moffat_beta=opts.moffat_beta)
+    args = (cols, cat(lambda d: d.psf_fwhm), cat(lambda d: d.image), cat(lambda d: d.invvar),
+            cat(lambda d: d.maskbits))
+    kw = dict(pixscale=cat(lambda d: d.pixscale), bands=opts.bands,
+              lens_offset=cat(lambda d: d.lens_offset), psf_model=opts.psf_model,
+              moffat_beta=opts.moffat_beta)
+    return args, kw
+
+
+def _put_results(segments, res):
+    """Put a batch's engine results back into the units of ``segments``, in order."""
     start = 0
     for d, rows in segments:
         sl = slice(start, start + rows.size)
@@ -544,8 +549,12 @@ def process_units(jobs, backend, store: Store, source: CoaddSource, opts: RunOpt
                 while len(written) > 2:
                     written.popleft().result()
 
-        def flush(limit):
-            nonlocal queue, queued
+        sent = deque()        # the segments of each batch given to the engine, oldest first
+        host_s = [0.0]        # time spent in batches(): reading, batching, handing to writer
+
+        def take(limit):
+            """Batches of opts.batch_size rows from the queue while it holds ``limit``."""
+            nonlocal queued
             while queued >= limit and queued > 0:
                 take, segs = min(opts.batch_size, queued), []
                 while take:
@@ -558,30 +567,58 @@ def process_units(jobs, backend, store: Store, source: CoaddSource, opts: RunOpt
                         queue[0] = (d, rows[k:])
                     take -= k
                     queued -= k
-                t0 = time.perf_counter()
-                _run_batch(backend, segs, opts)
-                dt = time.perf_counter() - t0
-                total = sum(rows.size for _, rows in segs)
-                for d, rows in segs:
-                    d.engine_s += dt * rows.size / total
-                write_ready()
+                yield segs
 
-        reads = ((u, t, e, source, opts) for u, t, e in jobs)
-        stream = (_prefetch(reads, read_unit, workers, depth) if workers > 0
-                  else itertools.starmap(read_unit, reads))
-        for d in stream:
-            rows = np.flatnonzero(d.good)
-            d.pending = rows.size
-            waiting.append(d)
-            if rows.size:
-                queue.append((d, rows))
-                queued += rows.size
-            # A full batch goes to the engine; so does a partial one once too many units
-            # wait on it (sparse valid rows among error rows), which bounds memory. Batch
-            # composition does not change any result.
-            flush(opts.batch_size if len(waiting) <= depth else 1)
+        def arrivals():
+            """Read the units (``workers`` processes ahead); after each, the number of queued
+            rows that makes a batch: a full one, or a partial one once too many units wait
+            on it (sparse valid rows among error rows), which bounds memory; at the end,
+            whatever is left. Batch composition does not change any result."""
+            nonlocal queued
+            reads = ((u, t, e, source, opts) for u, t, e in jobs)
+            stream = (_prefetch(reads, read_unit, workers, depth) if workers > 0
+                      else itertools.starmap(read_unit, reads))
+            for d in stream:
+                rows = np.flatnonzero(d.good)
+                d.pending = rows.size
+                waiting.append(d)
+                if rows.size:
+                    queue.append((d, rows))
+                    queued += rows.size
+                write_ready()   # a unit without valid rows is done already
+                yield opts.batch_size if len(waiting) <= depth else 1
+            yield 1
+
+        def batches():
+            """The engine's input, each batch's inject_batch arguments (its segments go to
+            ``sent``): a generator, so that the engine takes the next batch while those
+            before it compute (on a GPU, engine.IN_FLIGHT batches overlap)."""
+            clock = time.perf_counter()
+            for limit in arrivals():
+                for segs in take(limit):
+                    args = _batch_args(segs, opts)
+                    sent.append(segs)
+                    host_s[0] += time.perf_counter() - clock
+                    yield args
+                    clock = time.perf_counter()
+            host_s[0] += time.perf_counter() - clock
+
+        results = engine.inject_batches(backend, batches())
+        while True:
+            t0, h0 = time.perf_counter(), host_s[0]
+            res = next(results, None)
+            if res is None:
+                break
+            # engine time: the wait for this batch's results, less the host's own work done
+            # meanwhile in batches() (with batches overlapping, it includes queueing the next)
+            dt = time.perf_counter() - t0 - (host_s[0] - h0)
+            segs = sent.popleft()
+            _put_results(segs, res)
+            total = sum(rows.size for _, rows in segs)
+            for d, rows in segs:
+                d.engine_s += dt * rows.size / total
             write_ready()
-        flush(1)
+        write_ready()
         for f in written:
             f.result()
     return summaries

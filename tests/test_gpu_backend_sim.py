@@ -88,7 +88,8 @@ main(sys.argv[1:])
 
 def test_pipeline_on_the_gpu_backend_under_the_simulator(tmp_path):
     """`gpu-inject run --backend gpu` end to end (simulated device) equals the CPU run to
-    1e-5, and the stage config names the backend it ran on."""
+    1e-5, and the stage config names the backend it ran on. Batches of one stamp: the host
+    loop feeds three batches (one a CONTROL) through engine.inject_batches, queued ahead."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     from astropy.wcs import WCS
@@ -108,7 +109,7 @@ def test_pipeline_on_the_gpu_backend_under_the_simulator(tmp_path):
     pq.write_table(pa.table({k: list(v) for k, v in t.items()}), tmp_path / "m.parquet")
     common = ["run", "--manifest", str(tmp_path / "m.parquet"), "--coadd-root",
               str(tmp_path / "coadd"), "--experiment-id", "e", "--stamp-size", "16",
-              "--no-use-psfsize-maps", "--no-progress", "--workers", "1"]
+              "--no-use-psfsize-maps", "--no-progress", "--workers", "1", "--batch-size", "1"]
     outs = {}
     for backend in ("cpu", "gpu"):
         env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1" if backend == "gpu" else "0"}
