@@ -190,3 +190,12 @@ def test_gpu_error_under_the_simulator_comes_with_its_batch(simulated):
     assert "shapes differ" in out["error"]
     assert any("batch 2 " in note for note in out["notes"]), out["notes"]
     assert ("in", 3) not in out["broken_log"]   # no batch after it was started
+
+
+def test_bench_times_the_batches_overlapped():
+    """`gpu-inject bench` also times the batches host to host through inject_batches."""
+    from gpu_inject.bench import run_bench
+
+    res = run_bench("cpu", stamps=5, stamp_size=16, repeats=1, batch_size=2)
+    assert res["overlapped_seconds"] > 0
+    assert res["stamps_per_s_overlapped"] == pytest.approx(5 / res["overlapped_seconds"])
