@@ -122,7 +122,10 @@ def _one_line(exc):
 class GpuBackend:
     """Numba CUDA kernels (the same physics source as the CPU) on CuPy arrays, cuFFT for the
     PSF through the CPU's own FFT code with ``xp = cupy``; a batch stays on the device from
-    the copy of its cutouts to the copy back of its results.
+    the copy of its cutouts to the copy back of its results. Device memory comes from CuPy's
+    pool, host buffers for the copies from its pinned pool; all the work of a batch goes on
+    CuPy's current stream (``inject_batches`` gives each batch in flight its own), Numba
+    kernels included. ``why`` says how batches are sized and queued (``plan``).
 
     Under Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``, no GPU) the same code runs on
     numpy arrays: that is how CI tests it. ``auto`` never picks the simulator."""
@@ -137,6 +140,7 @@ class GpuBackend:
             self.device = "Numba CUDA simulator (no GPU: kernels run in Python on numpy arrays)"
             self.chunk = 128
             self.flight_bytes = None   # no device memory to bound
+            self.plan = f"chunks of {self.chunk} stamps, batches queued as on a GPU"
         else:
             try:
                 available = cuda.is_available()
@@ -166,15 +170,17 @@ class GpuBackend:
             self.chunk = int(max(256, min(16384, free // 4 // CHUNK_STAMP_BYTES)))
             self.flight_bytes = free // 2
             self.device = (f"{name}, {total / 2**30:.0f} GiB, compute capability "
-                           f"{props['major']}.{props['minor']}; chunks of {self.chunk} "
-                           f"stamps, up to {IN_FLIGHT} batches in flight within "
-                           f"{self.flight_bytes / 2**30:.1f} GiB (from the "
-                           f"{free / 2**30:.1f} GiB free at start)")
+                           f"{props['major']}.{props['minor']}")
+            # in ``why``, not ``device``: it varies with the memory free, and a Spark run
+            # groups its tasks by device
+            self.plan = (f"chunks of {self.chunk} stamps, up to {IN_FLIGHT} batches in flight "
+                         f"within {self.flight_bytes / 2**30:.1f} GiB (half the "
+                         f"{free / 2**30:.1f} GiB free at start)")
         from .kernels import cuda as kernels
         from .kernels import psf, reduce_cuda
 
         self._kernels, self._psf, self.reduce = kernels, psf, reduce_cuda
-        self.why = "asked for"
+        self.why = f"asked for; {self.plan}"
         # One stream per batch in flight (see inject_batches); under the simulator, stand-ins
         # so that the same scheduling code runs there.
         self.streams = [self._new_stream() for _ in range(IN_FLIGHT)]
@@ -291,7 +297,7 @@ def get_backend(name="auto"):
         else:
             try:
                 b = GpuBackend()
-                b.why = f"auto: GPU found ({b.device})"
+                b.why = f"auto: GPU found ({b.device}); {b.plan}"
                 return b
             except BackendUnavailable as exc:
                 why = str(exc).replace("--backend gpu: ", "")

@@ -1,13 +1,14 @@
 """On a real GPU (marked ``gpu``: skipped elsewhere, run by scripts/gpu_check.sh): the GPU
-backend agrees with the CPU backend to 1e-5 relative on every stamp and output (SPEC 6), and
-repeated GPU runs are identical."""
+backend agrees with the CPU backend to 1e-5 relative on every stamp and output (SPEC 6),
+repeated GPU runs are identical, and batches overlapping on streams (engine.inject_batches)
+give the same bits as one batch at a time."""
 import numpy as np
 import pytest
 
 import gpu_inject
 from gpu_inject.bench import synthetic_inputs
 from gpu_inject.draws import random_tasks
-from gpu_inject.engine import get_backend, inject_batch
+from gpu_inject.engine import IN_FLIGHT, get_backend, inject_batch, inject_batches
 from gpu_inject.tasks import read_columns
 
 pytestmark = pytest.mark.gpu
@@ -59,3 +60,47 @@ def test_render_arcs_on_the_gpu():
     assert isinstance(g.images, np.ndarray) and g.images.dtype == np.float32
     np.testing.assert_allclose(g.total_flux, c.total_flux, rtol=1e-5)
     np.testing.assert_allclose(g.magnification, c.magnification, rtol=1e-5)
+
+
+def test_batches_in_flight_give_the_bits_of_one_batch_at_a_time():
+    """Several batches of different sizes (one of CONTROLs only) through inject_batches,
+    queued IN_FLIGHT at a time on their own streams, equal inject_batch on each in turn."""
+    be = get_backend("gpu")
+    assert f"up to {IN_FLIGHT} batches in flight" in be.why
+    args, kw = _batch(seed=13)
+    cols, psf, cutout, invvar, maskbits = args
+    cols = dict(cols)
+    cols["lens_model"] = cols["lens_model"].copy()
+    cols["lens_model"][200:232] = "CONTROL"
+    edges = [0, 100, 101, 200, 232, N]
+    batches = []
+    for a, b in zip(edges[:-1], edges[1:]):
+        sub = {k: v[a:b] for k, v in cols.items()}
+        batches.append(((sub, psf[a:b], cutout[a:b], invvar[a:b], maskbits[a:b]),
+                        dict(kw, lens_offset=kw["lens_offset"][a:b])))
+    one_by_one = [inject_batch(be, *a, **k) for a, k in batches]
+    for _ in range(2):   # the second time with the memory pools warm
+        got = list(inject_batches(be, iter(batches)))
+        assert len(got) == len(batches)
+        for res, ref in zip(got, one_by_one):
+            assert res.keys() == ref.keys()
+            for name in ref:
+                assert isinstance(res[name], np.ndarray), name
+                assert np.array_equal(res[name], ref[name], equal_nan=True), name
+
+
+def test_an_error_in_a_batch_on_the_gpu_comes_after_the_earlier_results():
+    be = get_backend("gpu")
+    args, kw = _batch(seed=17)
+    good = (args, kw)
+    bad = (args[:4] + (args[4][:, :-1],), kw)      # maskbits of the wrong shape
+    got = []
+    with pytest.raises(ValueError, match="shapes differ") as info:
+        for res in inject_batches(be, [good, good, bad, good]):
+            got.append(res)
+    assert len(got) == 2
+    assert any("batch 2 " in note for note in info.value.__notes__)
+    # the backend is usable afterwards, and gives the same bits
+    ref = inject_batch(be, *args, **kw)
+    for name in ref:
+        assert np.array_equal(got[0][name], ref[name], equal_nan=True), name

@@ -135,7 +135,7 @@ assert exc is None, exc
 blog = []
 bresults, bexc = _run(be, _broken(batches, 2), blog)
 sys.stdout.buffer.write(pickle.dumps({
-    "device": be.device, "one_by_one": one_by_one, "results": results, "log": log,
+    "device": be.device, "why": be.why, "one_by_one": one_by_one, "results": results, "log": log,
     "broken": bresults, "broken_log": blog, "error": str(bexc),
     "notes": getattr(bexc, "__notes__", None)}))
 """
@@ -152,7 +152,7 @@ def simulated():
 
 def test_gpu_batches_under_the_simulator_equal_one_by_one(simulated):
     out = simulated
-    assert "simulator" in out["device"]
+    assert "simulator" in out["device"] and "batches queued" in out["why"]
     assert len(out["results"]) == len(out["one_by_one"]) == 5
     for res, ref in zip(out["results"], out["one_by_one"]):
         _same(res, ref)
