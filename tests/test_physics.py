@@ -143,9 +143,49 @@ def test_stencil_rule_is_exact_for_cubics():
     ys = y0 + np.arange(-j, 8 - j)
     xs = x0 + np.arange(-i, 9 - i)
     grid = f(xs[None, :], ys[:, None])
-    s4, t = quad.stencil_value(grid, j, i)
+    s4, t = quad.stencil_value(grid, j, i, 1)
     assert s4 == pytest.approx(exact, rel=1e-12, abs=1e-12)
     assert abs(t - exact) > 1e-3                   # the trapezoid is not exact
     far = grid.copy()
     far[j + 3:, :] = far[:j - 1, :] = far[:, i + 3:] = far[:, :i - 1] = np.nan
-    assert quad.stencil_value(far, j, i)[0] == s4
+    assert quad.stencil_value(far, j, i, 1)[0] == s4
+
+
+def test_block_rule_is_exact_for_cubics():
+    """Rule 0b: physics.integrate.block_pixel integrates a bicubic polynomial exactly over
+    each of the 4 pixels of a 2 x 2 block from the 4 x 4 corners of spacing 2 around the
+    block (against the antiderivative), reading nothing else; stencil_value with step 2 is
+    the block's mean; and the pixels' values add up to the block's integral."""
+    from gpu_inject.physics import integrate as quad
+
+    rng = np.random.default_rng(5)
+    c = rng.normal(size=(4, 4))                    # f = sum c[a, b] x^a y^b
+
+    def f(x, y):
+        return sum(c[a, b] * x ** a * y ** b for a in range(4) for b in range(4))
+
+    def exact(x0, y0, w):
+        return sum(c[a, b] * ((x0 + w) ** (a + 1) - x0 ** (a + 1)) / (a + 1)
+                   * ((y0 + w) ** (b + 1) - y0 ** (b + 1)) / (b + 1)
+                   for a in range(4) for b in range(4))
+
+    jb, ib = 4, 6                                  # the block's lower corner in the grid
+    x0, y0 = 0.3, -1.7                             # ... and in the plane
+    ys = y0 + np.arange(-jb, 12 - jb)
+    xs = x0 + np.arange(-ib, 13 - ib)
+    grid = f(xs[None, :], ys[:, None])
+    odd = np.ones_like(grid, dtype=bool)
+    odd[::2, ::2] = False
+    only_even = np.where(odd, np.nan, grid)        # block_pixel must not read odd corners
+    only_even[jb + 5:, :] = only_even[:jb - 2, :] = np.nan
+    only_even[:, ib + 5:] = only_even[:, :ib - 2] = np.nan
+    values = []
+    for dj in (0, 1):
+        for di in (0, 1):
+            v = quad.block_pixel(only_even, jb + dj, ib + di)
+            assert v == pytest.approx(exact(x0 + di, y0 + dj, 1.0), rel=1e-12, abs=1e-12)
+            values.append(v)
+    mean, t = quad.stencil_value(only_even, jb, ib, 2)
+    assert 4.0 * mean == pytest.approx(exact(x0, y0, 2.0), rel=1e-12, abs=1e-12)
+    assert sum(values) == pytest.approx(4.0 * mean, rel=1e-12)
+    assert abs(4.0 * t - exact(x0, y0, 2.0)) > 1e-3   # the trapezoid is not exact

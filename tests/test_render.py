@@ -240,8 +240,8 @@ def test_dark_rectangles_hold_no_light():
 def test_dark_block_skipping_changes_only_dark_pixels():
     """render_batch with dark blocks skipped equals render_batch sampling every pixel, bit for
     bit, except on pixels it skipped: there it gives 0 where sampling gives at most the
-    cubic stencil's reach into the profile's cut (rule 0 reads corners one pixel beyond its
-    own, where the profile is below FAINT), for block sizes 1, 4 and 8."""
+    cubic stencils' reach into the profile's cut (rule 0 reads corners one pixel beyond its
+    own, rule 0b up to four, where the profile is below FAINT), for block sizes 1, 4 and 8."""
     from gpu_inject.engine import DEFAULT_ACCURACY as acc
     from gpu_inject.kernels import cpu
 
@@ -258,4 +258,4 @@ def test_dark_block_skipping_changes_only_dark_pixels():
         differ = skipped != every
         assert (skipped[differ] == 0).all(), block
         assert np.abs(every[differ]).max(initial=0.0) < 1e-9, block
-        assert differ.mean() < 0.01, block
+        assert differ.mean() < 0.05, block

@@ -21,8 +21,9 @@ PHYSICS = (
     integrate.lensed_sample, integrate.lens_distance2, integrate.region_is_dark, integrate.source_distance2,
     integrate.must_split, integrate.s5,
     integrate.gate, integrate.mem_put, integrate.mem_get, integrate.node,
-    integrate.refine_pixel, integrate.cubic_weight, integrate.stencil_value,
-    integrate.stencil_gate, integrate.pixel_value,
+    integrate.refine_pixel, integrate.cubic_rule, integrate.cubic_row, integrate.half_rule,
+    integrate.stencil_value, integrate.stencil_gate, integrate.block_gate,
+    integrate.block_pixel, integrate.pixel_value,
 )
 
 

@@ -15,6 +15,8 @@ J = compile_physics(numba.njit(error_model="numpy"),
                     numba.njit(error_model="numpy", inline="always"))
 lensed_sample = J.lensed_sample
 region_is_dark = J.region_is_dark
+block_gate = J.block_gate
+block_pixel = J.block_pixel
 pixel_value = J.pixel_value
 
 
@@ -27,14 +29,17 @@ def render_batch(params, origin, size, eps_gate, eps_abs, eps_rel, eps_cusp, max
     in render-grid pixel coordinates (x, y); out: float64 [n, size, size]. Pixel (i, j) is the
     unit square centred on x = i, y = j. Blocks of block x block pixels that
     ``region_is_dark`` proves dark are 0 without a sample (block 0: none is tried; sampled,
-    such a pixel gets below 1e-9 (tested), the cubic stencil reading one pixel beyond it; and
-    every other pixel is the same bit for bit). The 4 corners of every other pixel come from a grid
-    shared between neighbours; ``pixel_value`` adds its centre and walks the pixels the
-    gate refuses.
+    such a pixel gets below 1e-9 (tested), the stencils reading corners beyond it; and every
+    other pixel is the same bit for bit). The corners of every other pixel come from a grid
+    shared between neighbours, sampled in two passes: the corners at even indices, which
+    rule 0b (``block_gate``) reads, then the others where a pixel of a block it refused
+    reads them (its 4 x 4 stencil in ``pixel_value``, which adds its centre and walks the
+    pixels the gates refuse).
     """
     n = params.shape[0]
     b = max(block, 1)
     nblock = (size + b - 1) // b
+    half = (size + 1) // 2
     for k in numba.prange(n):
         p = params[k]
         ox = origin[k, 0]
@@ -50,14 +55,43 @@ def render_batch(params, origin, size, eps_gate, eps_abs, eps_rel, eps_cusp, max
         ucor = np.empty((size + 1, size + 1))
         vcor = np.empty((size + 1, size + 1))
         mem = np.empty(NODE_MEM)
+        # 1. the even corners that a lit pixel's block stencil reads: its 2 x 2 block's
+        # 4 x 4 even corners, rows 2 (j // 2) - 2 .. + 4, so those of pixels j - 4 .. j + 3
+        for j in range(0, size + 1, 2):
+            for i in range(0, size + 1, 2):
+                lit = False
+                for bj in range(max(j - 4, 0) // b, min(j + 3, size - 1) // b + 1):
+                    for bi in range(max(i - 4, 0) // b, min(i + 3, size - 1) // b + 1):
+                        lit = lit or not dark[bj, bi]
+                if lit:
+                    f, u, v = lensed_sample(i - 0.5 - ox, j - 0.5 - oy, p)
+                    fcor[j, i] = f
+                    ucor[j, i] = u
+                    vcor[j, i] = v
+        # 2. rule 0b once per block holding a lit pixel
+        accepted = np.zeros((half, half), dtype=np.bool_)
+        refused = np.zeros((half, half), dtype=np.bool_)
+        for jb in range(half):
+            for ib in range(half):
+                lit = False
+                for j in range(2 * jb, min(2 * jb + 2, size)):
+                    for i in range(2 * ib, min(2 * ib + 2, size)):
+                        lit = lit or not dark[j // b, i // b]
+                if lit:
+                    accepted[jb, ib] = block_gate(fcor, ucor, vcor, 2 * jb, 2 * ib,
+                                                  2 * ib - 0.5 - ox, 2 * jb - 0.5 - oy, p,
+                                                  eps_gate)
+                    refused[jb, ib] = not accepted[jb, ib]
+        # 3. the other corners that a pixel of a refused block reads: its 4 x 4 corners,
+        # those of pixels j - 2 .. j + 1, in blocks (j - 2) // 2 .. (j + 1) // 2
         for j in range(size + 1):
             for i in range(size + 1):
-                # a corner is sampled unless every pixel that reads it is dark: those whose
-                # 4 x 4 corner stencil holds it (pixel_value), pixels j-2..j+1, i-2..i+1
+                if j % 2 == 0 and i % 2 == 0:
+                    continue
                 lit = False
-                for bj in range(max(j - 2, 0) // b, min(j + 1, size - 1) // b + 1):
-                    for bi in range(max(i - 2, 0) // b, min(i + 1, size - 1) // b + 1):
-                        lit = lit or not dark[bj, bi]
+                for jb in range(max(j - 2, 0) // 2, min(j + 1, size - 1) // 2 + 1):
+                    for ib in range(max(i - 2, 0) // 2, min(i + 1, size - 1) // 2 + 1):
+                        lit = lit or refused[jb, ib]
                 if lit:
                     f, u, v = lensed_sample(i - 0.5 - ox, j - 0.5 - oy, p)
                     fcor[j, i] = f
@@ -68,7 +102,9 @@ def render_batch(params, origin, size, eps_gate, eps_abs, eps_rel, eps_cusp, max
             for i in range(size):
                 if dark[j // b, i // b]:
                     out[k, j, i] = 0.0
-                    continue
-                out[k, j, i] = pixel_value(fcor, ucor, vcor, j, i, i - 0.5 - ox, y0, p,
-                                           eps_gate, eps_abs, eps_rel, eps_cusp, max_level,
-                                           mem)
+                elif accepted[j // 2, i // 2]:
+                    out[k, j, i] = block_pixel(fcor, j, i)
+                else:
+                    out[k, j, i] = pixel_value(fcor, ucor, vcor, j, i, i - 0.5 - ox, y0, p,
+                                               eps_gate, eps_abs, eps_rel, eps_cusp, max_level,
+                                               mem)

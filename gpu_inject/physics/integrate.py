@@ -14,6 +14,11 @@ Adaptivity, per pixel:
      |S4 - T| <= STENCIL_GATE eps_gate and the source plane under the stencil is smooth:
      the stencil stays STENCIL_CLEAR pixels from the lens centre and the pixel's image lies
      STENCIL_FAR reaches from the source centre. Most lit pixels end here.
+     Before it, rule 0b: the same test on the 2 x 2 block of pixels that holds the pixel,
+     from the corners at even indices only (a stencil of spacing 2, guards BLOCK_CLEAR and
+     BLOCK_FAR), each pixel integrated by the cubic through those samples (block_pixel).
+     Where it holds (the faint, smooth wings that fill most of the lit grid of an n > 1
+     source) the odd corners are never sampled: the CPU loop samples even corners first.
   1. Gate: with the 5 samples of the pixel itself (shared with its neighbours: 2 evaluations
      per pixel), accept S5 when h^2 |M - T| <= eps_gate and the pixel can hold neither the
      Sersic centre nor the lens centre. This is where the source plane is empty or smooth
@@ -65,6 +70,13 @@ FLOOR = 1e-6
 STENCIL_GATE = 2.0 / 3.0
 STENCIL_CLEAR = 4.0
 STENCIL_FAR = 8.0
+# Rule 0b on 2 x 2 blocks (spacing 2): twice rule 0's clearance from the lens centre, and
+# 1.5 times its distance from the source centre in the (twice larger) reaches of the block.
+# Measured against rule 0 alone on random_tasks(256, seed 0), 90 x 90 grids (a scratch
+# count): BLOCK_FAR = 8 changed a stamp's flux by up to 1.1e-4 F, 12 by 1.4e-5 F, and
+# takes a third fewer samples than rule 0 alone (5,300 -> 3,580 per stamp).
+BLOCK_CLEAR = 8.0
+BLOCK_FAR = 12.0
 # Side (pixels) of the blocks that the CPU loop proves dark (region_is_dark) before sampling.
 DARK_BLOCK = 4
 
@@ -231,51 +243,89 @@ def node(x0, y0, h, p, eps_abs, eps_rel, eps_cusp, mem, known, cx, cy):
     return children + (children - parent) / 15.0, split
 
 
-def cubic_weight(a):
-    """Weight of sample a (0..3, at -1, 0, 1, 2) in the rule (-f(-1) + 13 f(0) + 13 f(1) -
-    f(2)) / 24 for the integral over [0, 1] (the integral of the cubic through the 4
-    samples: exact for cubics)."""
-    if a == 1 or a == 2:
-        return 13.0 / 24.0
-    return -1.0 / 24.0
+def cubic_rule(f0, f1, f2, f3):
+    """(-f0 + 13 f1 + 13 f2 - f3) / 24: the integral over [0, 1] of the cubic through samples
+    at -1, 0, 1, 2 (exact for cubics)."""
+    return (13.0 * (f1 + f2) - (f0 + f3)) / 24.0
 
 
-def stencil_value(fcor, j, i):
-    """Integral over the unit pixel with corners fcor[j:j+2, i:i+2] by the tensor product of
-    the cubic rule on the 4 x 4 corners fcor[j-1:j+3, i-1:i+3], and its trapezoid T."""
-    total = 0.0
-    for b in range(4):
-        row = 0.0
-        for a in range(4):
-            row += cubic_weight(a) * fcor[j - 1 + b, i - 1 + a]
-        total += cubic_weight(b) * row
-    t = 0.25 * ((fcor[j, i] + fcor[j, i + 1]) + (fcor[j + 1, i] + fcor[j + 1, i + 1]))
-    return total, t
+def half_rule(f0, f1, f2, f3, half):
+    """The integral of the cubic through samples at -1, 0, 1, 2 over [0, 1/2] (half 0) or
+    [1/2, 1] (half 1), times 2: one pixel of a block of two on samples of spacing 2. The
+    weights are the integrals of the Lagrange basis polynomials; the halves add up to
+    twice cubic_rule."""
+    if half == 1:
+        return (155.0 * f2 + 53.0 * f1 - (9.0 * f3 + 7.0 * f0)) / 192.0
+    return (155.0 * f1 + 53.0 * f2 - (9.0 * f0 + 7.0 * f3)) / 192.0
 
 
-def stencil_gate(fcor, ucor, vcor, j, i, x0, y0, p, eps_gate):
-    """Rule 0 on the pixel with corners fcor/ucor/vcor[j:j+2, i:i+2] and lower corner
-    (x0, y0): (S4, accepted). Pixels on the grid's edge have no stencil (not accepted)."""
-    if not (0 < j < fcor.shape[0] - 2 and 0 < i < fcor.shape[1] - 2):
+def cubic_row(fcor, j, i, step):
+    """cubic_rule along row j of the corner grid, on corners i - step .. i + 2 step."""
+    return cubic_rule(fcor[j, i - step], fcor[j, i], fcor[j, i + step], fcor[j, i + 2 * step])
+
+
+def stencil_value(fcor, j, i, step):
+    """Mean over the cell with corners fcor[j, i] and fcor[j + step, i + step] (a pixel for
+    step 1, a 2 x 2 block for step 2) by the tensor product of the cubic rule on the 4 x 4
+    corners of spacing step around it, and its trapezoid T."""
+    r0 = cubic_row(fcor, j - step, i, step)
+    r1 = cubic_row(fcor, j, i, step)
+    r2 = cubic_row(fcor, j + step, i, step)
+    r3 = cubic_row(fcor, j + 2 * step, i, step)
+    t = 0.25 * ((fcor[j, i] + fcor[j, i + step]) + (fcor[j + step, i] + fcor[j + step, i + step]))
+    return cubic_rule(r0, r1, r2, r3), t
+
+
+def stencil_gate(fcor, ucor, vcor, j, i, step, x0, y0, p, eps_gate):
+    """Rule 0 (step 1) or 0b (step 2) on the cell with corners fcor/ucor/vcor[j, i] and
+    [j + step, i + step] and lower corner (x0, y0): (its mean S4, accepted). Cells on the
+    grid's edge have no stencil (not accepted)."""
+    if not (step <= j < fcor.shape[0] - 2 * step and step <= i < fcor.shape[1] - 2 * step):
         return 0.0, False
-    # the stencil's 3 x 3 pixels
-    if lens_distance2(x0 - 1.0, y0 - 1.0, x0 + 2.0, y0 + 2.0) < STENCIL_CLEAR * STENCIL_CLEAR:
+    clear = STENCIL_CLEAR if step == 1 else BLOCK_CLEAR
+    far = STENCIL_FAR if step == 1 else BLOCK_FAR
+    # the stencil's extent
+    if lens_distance2(x0 - step, y0 - step, x0 + 2.0 * step, y0 + 2.0 * step) < clear * clear:
         return 0.0, False
-    s4, t = stencil_value(fcor, j, i)
+    s4, t = stencil_value(fcor, j, i, step)
     if abs(s4 - t) > STENCIL_GATE * eps_gate:
         return s4, False
     u00 = ucor[j, i]
-    u10 = ucor[j, i + 1]
-    u01 = ucor[j + 1, i]
-    u11 = ucor[j + 1, i + 1]
+    u10 = ucor[j, i + step]
+    u01 = ucor[j + step, i]
+    u11 = ucor[j + step, i + step]
     v00 = vcor[j, i]
-    v10 = vcor[j, i + 1]
-    v01 = vcor[j + 1, i]
-    v11 = vcor[j + 1, i + 1]
+    v10 = vcor[j, i + step]
+    v01 = vcor[j + step, i]
+    v11 = vcor[j + step, i + step]
     far2, reach2 = source_distance2(0.25 * ((u00 + u10) + (u01 + u11)),
                                     0.25 * ((v00 + v10) + (v01 + v11)),
                                     u00, v00, u10, v10, u01, v01, u11, v11, p)
-    return s4, far2 > STENCIL_FAR * STENCIL_FAR * reach2
+    return s4, far2 > far * far * reach2
+
+
+def block_gate(fcor, ucor, vcor, j, i, x0, y0, p, eps_gate):
+    """Rule 0b for pixel (j, i) with lower corner (x0, y0): is its 2 x 2 block (pixels
+    2 (j // 2) .. + 1, same in i) accepted, from the corners at even indices."""
+    jb = j - j % 2
+    ib = i - i % 2
+    return stencil_gate(fcor, ucor, vcor, jb, ib, 2, x0 - (i % 2), y0 - (j % 2), p,
+                        eps_gate)[1]
+
+
+def block_pixel(fcor, j, i):
+    """Integral over pixel (j, i) of the tensor cubic through the 4 x 4 even corners
+    around its 2 x 2 block (rule 0b's value)."""
+    jb = j - j % 2
+    ib = i - i % 2
+    r0 = half_rule(fcor[jb - 2, ib - 2], fcor[jb - 2, ib], fcor[jb - 2, ib + 2],
+                   fcor[jb - 2, ib + 4], i % 2)
+    r1 = half_rule(fcor[jb, ib - 2], fcor[jb, ib], fcor[jb, ib + 2], fcor[jb, ib + 4], i % 2)
+    r2 = half_rule(fcor[jb + 2, ib - 2], fcor[jb + 2, ib], fcor[jb + 2, ib + 2],
+                   fcor[jb + 2, ib + 4], i % 2)
+    r3 = half_rule(fcor[jb + 4, ib - 2], fcor[jb + 4, ib], fcor[jb + 4, ib + 2],
+                   fcor[jb + 4, ib + 4], i % 2)
+    return half_rule(r0, r1, r2, r3, j % 2)
 
 
 def pixel_value(fcor, ucor, vcor, j, i, x0, y0, p, eps_gate, eps_abs, eps_rel, eps_cusp,
@@ -285,7 +335,7 @@ def pixel_value(fcor, ucor, vcor, j, i, x0, y0, p, eps_gate, eps_abs, eps_rel, e
     neighbours' corners too), else rule 1 with its centre, else the quadtree walk, whose
     root reuses these 5 samples. The CPU and CUDA loops differ only in how they fill the
     corner grid."""
-    s, ok = stencil_gate(fcor, ucor, vcor, j, i, x0, y0, p, eps_gate)
+    s, ok = stencil_gate(fcor, ucor, vcor, j, i, 1, x0, y0, p, eps_gate)
     if ok:
         return s
     f00, u00, v00 = fcor[j, i], ucor[j, i], vcor[j, i]
