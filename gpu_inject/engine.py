@@ -185,6 +185,7 @@ class GpuBackend:
         # so that the same scheduling code runs there.
         self.streams = [self._new_stream() for _ in range(IN_FLIGHT)]
         self._keep = None   # the pinned staging buffers of the batch being enqueued
+        self._fft_done = None   # an event after the last FFTs queued (convolve_crop)
 
     def to_device(self, a):
         """Host array -> device on the current stream, through a pinned staging buffer (from
@@ -277,8 +278,20 @@ class GpuBackend:
         return self._kernels.render(params, origin, size, acc, xp=self.xp)
 
     def convolve_crop(self, render, fwhm_px, stamp_size, margin, model, beta):
-        return self._psf.convolve_crop(render, fwhm_px, stamp_size, margin, model=model,
-                                       beta=beta, xp=self.xp)
+        """The PSF with cuFFT, on the current stream, after the FFTs queued before it on any
+        stream: CuPy caches one plan per shape, and a plan's work area is not safe for two
+        streams at once (cupy/cupy#8079), so batches in flight take turns here (a wait on the
+        device, not on the host); their copies and other kernels still overlap."""
+        if self.simulator:
+            return self._psf.convolve_crop(render, fwhm_px, stamp_size, margin, model=model,
+                                           beta=beta, xp=self.xp)
+        stream = self.xp.cuda.get_current_stream()
+        if self._fft_done is not None:
+            stream.wait_event(self._fft_done)
+        out = self._psf.convolve_crop(render, fwhm_px, stamp_size, margin, model=model,
+                                      beta=beta, xp=self.xp)
+        self._fft_done = stream.record()
+        return out
 
 
 def get_backend(name="auto"):
