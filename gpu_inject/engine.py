@@ -7,6 +7,7 @@ and ``convolve_crop``. ``auto`` picks the GPU when one works and says why.
 """
 import inspect
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numba
@@ -83,6 +84,8 @@ class CpuBackend:
     # Stamps rendered and convolved together: bounds the float64 temporaries (render grid,
     # FFT spectra: ~1 MB per stamp) whatever the batch size, and keeps them near the caches.
     chunk = 128
+    # iter_arcs convolves a chunk in a worker thread while the next one renders
+    overlap_psf = True
 
     def __init__(self):
         from .kernels import cpu, psf, reduce
@@ -130,6 +133,7 @@ class GpuBackend:
     Under Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``, no GPU) the same code runs on
     numpy arrays: that is how CI tests it. ``auto`` never picks the simulator."""
     name = "gpu"
+    overlap_psf = False   # the device orders its work itself (streams)
 
     def __init__(self):
         from numba import config, cuda
@@ -336,21 +340,42 @@ def iter_arcs(backend, params, flux, fwhm_px, origin_offset, stamp_size, psf_mod
     xp = backend.xp
     s = stamp_size
     sizes, margins = render_size(s, fwhm_px.max(axis=1, initial=0.0))
-    for size in np.unique(sizes):
-        group = np.flatnonzero(sizes == size)
-        margin = int(margins[group[0]])
-        for start in range(0, group.size, backend.chunk):
-            idx = group[start:start + backend.chunk]
-            origin = origin_offset[idx] + (margin + s // 2)
-            render = backend.render(np.ascontiguousarray(params[idx]), origin, int(size), acc)
-            magnification = render.sum(axis=(1, 2))
-            # The PSF in float32: the stamps are float32 (SPEC 4), and a float32 FFT's
-            # rounding, ~1e-7 of a stamp's peak, is below theirs; it halves the PSF's time
-            # (bench, one thread: 563 -> 587-594 stamps/s). Sums stay float64.
-            conv = backend.convolve_crop(render.astype(xp.float32), fwhm_px[idx], s, margin,
-                                         psf_model, moffat_beta)
-            conv *= xp.asarray(flux[idx])[:, :, None, None]
-            yield idx, conv.astype(xp.float32), magnification, conv.sum(axis=(2, 3))
+
+    def renders():
+        for size in np.unique(sizes):
+            group = np.flatnonzero(sizes == size)
+            margin = int(margins[group[0]])
+            for start in range(0, group.size, backend.chunk):
+                idx = group[start:start + backend.chunk]
+                origin = origin_offset[idx] + (margin + s // 2)
+                yield idx, margin, backend.render(np.ascontiguousarray(params[idx]), origin,
+                                                  int(size), acc)
+
+    def arcs(idx, margin, render):
+        magnification = render.sum(axis=(1, 2))
+        # The PSF in float32: the stamps are float32 (SPEC 4), and a float32 FFT's
+        # rounding, ~1e-7 of a stamp's peak, is below theirs; it halves the PSF's time
+        # (bench, one thread: 563 -> 587-594 stamps/s). Sums stay float64.
+        conv = backend.convolve_crop(render.astype(xp.float32), fwhm_px[idx], s, margin,
+                                     psf_model, moffat_beta)
+        conv *= xp.asarray(flux[idx])[:, :, None, None]
+        return idx, conv.astype(xp.float32), magnification, conv.sum(axis=(2, 3))
+
+    if not backend.overlap_psf:
+        for chunk in renders():
+            yield arcs(*chunk)
+        return
+    # On the CPU the render is parallel (Numba threads) but the PSF and the array passes
+    # after it are mostly serial numpy/scipy, which release the GIL: a worker thread runs
+    # them on chunk k while chunk k + 1 renders, filling the cores the serial part left idle.
+    with ThreadPoolExecutor(1) as pool:
+        pending = None
+        for chunk in renders():
+            done, pending = pending, pool.submit(arcs, *chunk)
+            if done is not None:
+                yield done.result()
+        if pending is not None:
+            yield pending.result()
 
 
 def inject_batch(backend, cols, psf_fwhm_arcsec, cutout, invvar, maskbits, *, pixscale, bands,
