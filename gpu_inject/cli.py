@@ -90,7 +90,9 @@ def bench(backend, stamps, stamp_size, batch_size, repeats, seed, json_path, pro
                    f"{res['stamps_per_s']:,.0f} stamps/s, peak RSS "
                    f"{res['peak_rss_mib']:,.0f} MiB (batches of {batch_size}); medians: "
                    f"copy-in {res['copy_in_seconds']:.3f} s, kernels "
-                   f"{res['kernel_seconds']:.3f} s, copy-out {res['copy_out_seconds']:.3f} s")
+                   f"{res['kernel_seconds']:.3f} s, copy-out {res['copy_out_seconds']:.3f} s; "
+                   f"host to host with batches overlapping: "
+                   f"{res['stamps_per_s_overlapped']:,.0f} stamps/s")
     if project:
         results = _projections(project, results, executors, price_per_hour)
     if json_path:

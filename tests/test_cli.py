@@ -32,6 +32,7 @@ def test_bench_writes_the_spec_record(tmp_path):
     assert rec["stamps_per_s"] == pytest.approx(4 / rec["seconds"])
     assert rec["batch_size"] == 1024 and rec["peak_rss_mib"] > 0
     assert "peak RSS" in res.output
+    assert f"batches overlapping: {rec['stamps_per_s_overlapped']:,.0f} stamps/s" in res.output
 
 
 @pytest.mark.parametrize("args,msg", [
