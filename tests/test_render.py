@@ -289,3 +289,52 @@ def test_dark_block_skipping_changes_only_dark_pixels():
         assert (skipped[differ] == 0).all(), block
         assert np.abs(every[differ]).max(initial=0.0) < 1e-9, block
         assert differ.mean() < 0.05, block
+
+
+def test_rule_1b_accepts_s5_without_a_walk_only_when_the_two_rules_agree(monkeypatch):
+    """physics.integrate.pixel_value, plain Python: a pixel that fails the gate (|M - T| >
+    eps_gate) but has a rule-0 stencil whose S4 agrees with S5 to eps_gate, and cannot hold
+    a centre, is S5 from its one centre sample; one whose rules disagree is walked (more
+    samples). Both kinds are found on real draws."""
+    from gpu_inject.engine import DEFAULT_ACCURACY as acc
+    from gpu_inject.physics import integrate as I
+    from gpu_inject.physics.integrate import NODE_MEM
+
+    sample = I.lensed_sample
+    calls = [0]
+
+    def counted(x, y, p):
+        calls[0] += 1
+        return sample(x, y, p)
+
+    eps = (acc.eps_gate, acc.eps_abs, acc.eps_rel, acc.eps_cusp, acc.max_level)
+    _, params = _packed(48, 21)
+    size, o = 32, 16.3
+    agreed = walked = 0
+    for p in params[40:46]:  # ordinary draws (the first 40 are extreme)
+        grid = np.array([[sample(i - 0.5 - o, j - 0.5 - o, p) for i in range(size + 1)]
+                         for j in range(size + 1)])
+        f, u, v = (np.ascontiguousarray(grid[:, :, c]) for c in range(3))
+        for j in range(size):
+            for i in range(size):
+                x0, y0 = i - 0.5 - o, j - 0.5 - o
+                s4, stencil, ok = I.stencil_gate(f, u, v, j, i, 1, x0, y0, p, acc.eps_gate)
+                fc, uc, vc = sample(x0 + 0.5, y0 + 0.5, p)
+                s5, gate_ok = I.gate(f[j, i], f[j, i + 1], f[j + 1, i], f[j + 1, i + 1], fc,
+                                     acc.eps_gate)
+                centre = I.must_split(x0, y0, 1.0, uc, vc, u[j, i], v[j, i], u[j, i + 1],
+                                      v[j, i + 1], u[j + 1, i], v[j + 1, i], u[j + 1, i + 1],
+                                      v[j + 1, i + 1], p, acc.eps_cusp)
+                if ok or gate_ok or centre:
+                    continue
+                monkeypatch.setattr(I, "lensed_sample", counted)
+                calls[0] = 0
+                value = I.pixel_value(f, u, v, j, i, x0, y0, p, *eps, np.empty(NODE_MEM))
+                monkeypatch.setattr(I, "lensed_sample", sample)
+                if stencil and abs(s4 - s5) <= acc.eps_gate:
+                    assert (calls[0], value) == (1, s5)
+                    agreed += 1
+                else:
+                    assert calls[0] > 1
+                    walked += 1
+    assert agreed > 0 and walked > 0

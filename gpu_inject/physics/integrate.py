@@ -20,8 +20,10 @@ Adaptivity, per pixel:
      Where it holds (the faint, smooth wings that fill most of the lit grid of an n > 1
      source) the odd corners are never sampled: the CPU loop samples even corners first.
   1. Gate: with the 5 samples of the pixel itself (shared with its neighbours: 2 evaluations
-     per pixel), accept S5 when h^2 |M - T| <= eps_gate and the pixel can hold neither the
-     Sersic centre nor the lens centre. This is where the source plane is empty or smooth
+     per pixel), accept S5 when h^2 |M - T| <= eps_gate, or when the pixel has a rule-0
+     stencil (its guard from the lens centre, not from the source centre) whose S4 agrees
+     with S5 to eps_gate (rule 1b), and the pixel can hold neither the Sersic centre nor the
+     lens centre. This is where the source plane is empty or smooth
      and faint; |M - T| bounds the S5 error there with a wide margin.
   2. Otherwise walk the pixel's quadtree depth first. A node compares its own S5 with the
      sum of its 4 children's S5 (13 samples, shared between the children; 5 of them come
@@ -288,18 +290,19 @@ def stencil_value(fcor, j, i, step):
 
 def stencil_gate(fcor, ucor, vcor, j, i, step, x0, y0, p, eps_gate):
     """Rule 0 (step 1) or 0b (step 2) on the cell with corners fcor/ucor/vcor[j, i] and
-    [j + step, i + step] and lower corner (x0, y0): (its mean S4, accepted). Cells on the
-    grid's edge have no stencil (not accepted)."""
+    [j + step, i + step] and lower corner (x0, y0): (its mean S4, whether there is one,
+    accepted). Cells on the grid's edge or whose stencil comes near the lens centre have
+    none (S4 0, not accepted)."""
     if not (step <= j < fcor.shape[0] - 2 * step and step <= i < fcor.shape[1] - 2 * step):
-        return 0.0, False
+        return 0.0, False, False
     clear = STENCIL_CLEAR if step == 1 else BLOCK_CLEAR
     far = STENCIL_FAR if step == 1 else BLOCK_FAR
     # the stencil's extent
     if lens_distance2(x0 - step, y0 - step, x0 + 2.0 * step, y0 + 2.0 * step) < clear * clear:
-        return 0.0, False
+        return 0.0, False, False
     s4, t = stencil_value(fcor, j, i, step)
     if abs(s4 - t) > STENCIL_GATE * eps_gate:
-        return s4, False
+        return s4, True, False
     u00 = ucor[j, i]
     u10 = ucor[j, i + step]
     u01 = ucor[j + step, i]
@@ -311,7 +314,7 @@ def stencil_gate(fcor, ucor, vcor, j, i, step, x0, y0, p, eps_gate):
     far2, reach2 = source_distance2(0.25 * ((u00 + u10) + (u01 + u11)),
                                     0.25 * ((v00 + v10) + (v01 + v11)),
                                     u00, v00, u10, v10, u01, v01, u11, v11, p)
-    return s4, far2 > far * far * reach2
+    return s4, True, far2 > far * far * reach2
 
 
 def block_gate(fcor, ucor, vcor, j, i, x0, y0, p, eps_gate):
@@ -320,7 +323,7 @@ def block_gate(fcor, ucor, vcor, j, i, x0, y0, p, eps_gate):
     jb = j - j % 2
     ib = i - i % 2
     return stencil_gate(fcor, ucor, vcor, jb, ib, 2, x0 - (i % 2), y0 - (j % 2), p,
-                        eps_gate)[1]
+                        eps_gate)[2]
 
 
 def block_pixel(fcor, j, i):
@@ -345,19 +348,19 @@ def pixel_value(fcor, ucor, vcor, j, i, x0, y0, p, eps_gate, eps_abs, eps_rel, e
     neighbours' corners too), else rule 1 with its centre, else the quadtree walk, whose
     root reuses these 5 samples. The CPU and CUDA loops differ only in how they fill the
     corner grid."""
-    s, ok = stencil_gate(fcor, ucor, vcor, j, i, 1, x0, y0, p, eps_gate)
+    s4, stencil, ok = stencil_gate(fcor, ucor, vcor, j, i, 1, x0, y0, p, eps_gate)
     if ok:
-        return s
+        return s4
     f00, u00, v00 = fcor[j, i], ucor[j, i], vcor[j, i]
     f10, u10, v10 = fcor[j, i + 1], ucor[j, i + 1], vcor[j, i + 1]
     f01, u01, v01 = fcor[j + 1, i], ucor[j + 1, i], vcor[j + 1, i]
     f11, u11, v11 = fcor[j + 1, i + 1], ucor[j + 1, i + 1], vcor[j + 1, i + 1]
     fc, uc, vc = lensed_sample(x0 + 0.5, y0 + 0.5, p)
     s, ok = gate(f00, f10, f01, f11, fc, eps_gate)
-    if ok:
-        ok = not must_split(x0, y0, 1.0, uc, vc, u00, v00, u10, v10, u01, v01, u11, v11, p,
-                            eps_cusp)
-    if ok:
+    # rule 1b: S4 and S5 are two rules of order h^4 on different samples; when they agree
+    # the pixel needs no walk either
+    if (ok or (stencil and abs(s4 - s) <= eps_gate)) and not must_split(
+            x0, y0, 1.0, uc, vc, u00, v00, u10, v10, u01, v01, u11, v11, p, eps_cusp):
         return s
     # The root node reads its corners and centre where a child reads them from its parent's
     # samples: child (0, 0) of a parent whose 3 x 3 grid has this pixel's corners at 0, 1,
