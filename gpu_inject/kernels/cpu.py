@@ -20,6 +20,16 @@ block_pixel = J.block_pixel
 pixel_value = J.pixel_value
 
 
+@numba.njit(inline="always")
+def _any(flags, r0, r1, c0, c1):
+    """Whether any of flags[r0..r1, c0..c1] (inclusive, clipped to the array) is set."""
+    for r in range(max(r0, 0), min(r1, flags.shape[0] - 1) + 1):
+        for c in range(max(c0, 0), min(c1, flags.shape[1] - 1) + 1):
+            if flags[r, c]:
+                return True
+    return False
+
+
 @numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy")
 def render_batch(params, origin, size, eps_gate, eps_abs, eps_rel, eps_cusp, max_level, out,
                  block=DARK_BLOCK):
@@ -55,44 +65,36 @@ def render_batch(params, origin, size, eps_gate, eps_abs, eps_rel, eps_cusp, max
         ucor = np.empty((size + 1, size + 1))
         vcor = np.empty((size + 1, size + 1))
         mem = np.empty(NODE_MEM)
-        # 1. the even corners that a lit pixel's block stencil reads: its 2 x 2 block's
-        # 4 x 4 even corners, rows 2 (j // 2) - 2 .. + 4, so those of pixels j - 4 .. j + 3
+        # the 2 x 2 blocks of rule 0b holding a pixel that is not dark
+        lit = np.zeros((half, half), dtype=np.bool_)
+        for j in range(size):
+            for i in range(size):
+                lit[j // 2, i // 2] |= not dark[j // b, i // b]
+        # 1. the even corners that a lit block's stencil reads (it reads rows 2 jb - 2 ..
+        # 2 jb + 4): those of blocks j / 2 - 2 .. j / 2 + 1
         for j in range(0, size + 1, 2):
             for i in range(0, size + 1, 2):
-                lit = False
-                for bj in range(max(j - 4, 0) // b, min(j + 3, size - 1) // b + 1):
-                    for bi in range(max(i - 4, 0) // b, min(i + 3, size - 1) // b + 1):
-                        lit = lit or not dark[bj, bi]
-                if lit:
+                if _any(lit, j // 2 - 2, j // 2 + 1, i // 2 - 2, i // 2 + 1):
                     f, u, v = lensed_sample(i - 0.5 - ox, j - 0.5 - oy, p)
                     fcor[j, i] = f
                     ucor[j, i] = u
                     vcor[j, i] = v
-        # 2. rule 0b once per block holding a lit pixel
+        # 2. rule 0b once per lit block
         accepted = np.zeros((half, half), dtype=np.bool_)
         refused = np.zeros((half, half), dtype=np.bool_)
         for jb in range(half):
             for ib in range(half):
-                lit = False
-                for j in range(2 * jb, min(2 * jb + 2, size)):
-                    for i in range(2 * ib, min(2 * ib + 2, size)):
-                        lit = lit or not dark[j // b, i // b]
-                if lit:
+                if lit[jb, ib]:
                     accepted[jb, ib] = block_gate(fcor, ucor, vcor, 2 * jb, 2 * ib,
                                                   2 * ib - 0.5 - ox, 2 * jb - 0.5 - oy, p,
                                                   eps_gate)
                     refused[jb, ib] = not accepted[jb, ib]
-        # 3. the other corners that a pixel of a refused block reads: its 4 x 4 corners,
-        # those of pixels j - 2 .. j + 1, in blocks (j - 2) // 2 .. (j + 1) // 2
+        # 3. the other corners that a pixel of a refused block reads (its 4 x 4 corners:
+        # those of pixels j - 2 .. j + 1, in blocks (j - 2) // 2 .. (j + 1) // 2)
         for j in range(size + 1):
             for i in range(size + 1):
-                if j % 2 == 0 and i % 2 == 0:
-                    continue
-                lit = False
-                for jb in range(max(j - 2, 0) // 2, min(j + 1, size - 1) // 2 + 1):
-                    for ib in range(max(i - 2, 0) // 2, min(i + 1, size - 1) // 2 + 1):
-                        lit = lit or refused[jb, ib]
-                if lit:
+                if (j % 2 or i % 2) and _any(refused, (j - 2) // 2, (j + 1) // 2,
+                                             (i - 2) // 2, (i + 1) // 2):
                     f, u, v = lensed_sample(i - 0.5 - ox, j - 0.5 - oy, p)
                     fcor[j, i] = f
                     ucor[j, i] = u

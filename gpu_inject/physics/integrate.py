@@ -326,19 +326,19 @@ def block_gate(fcor, ucor, vcor, j, i, x0, y0, p, eps_gate):
                         eps_gate)[2]
 
 
+def half_row(fcor, j, ib, half):
+    """half_rule along row j of the corner grid, on the even corners ib - 2 .. ib + 4."""
+    return half_rule(fcor[j, ib - 2], fcor[j, ib], fcor[j, ib + 2], fcor[j, ib + 4], half)
+
+
 def block_pixel(fcor, j, i):
     """Integral over pixel (j, i) of the tensor cubic through the 4 x 4 even corners
     around its 2 x 2 block (rule 0b's value)."""
     jb = j - j % 2
     ib = i - i % 2
-    r0 = half_rule(fcor[jb - 2, ib - 2], fcor[jb - 2, ib], fcor[jb - 2, ib + 2],
-                   fcor[jb - 2, ib + 4], i % 2)
-    r1 = half_rule(fcor[jb, ib - 2], fcor[jb, ib], fcor[jb, ib + 2], fcor[jb, ib + 4], i % 2)
-    r2 = half_rule(fcor[jb + 2, ib - 2], fcor[jb + 2, ib], fcor[jb + 2, ib + 2],
-                   fcor[jb + 2, ib + 4], i % 2)
-    r3 = half_rule(fcor[jb + 4, ib - 2], fcor[jb + 4, ib], fcor[jb + 4, ib + 2],
-                   fcor[jb + 4, ib + 4], i % 2)
-    return half_rule(r0, r1, r2, r3, j % 2)
+    return half_rule(half_row(fcor, jb - 2, ib, i % 2), half_row(fcor, jb, ib, i % 2),
+                     half_row(fcor, jb + 2, ib, i % 2), half_row(fcor, jb + 4, ib, i % 2),
+                     j % 2)
 
 
 def pixel_value(fcor, ucor, vcor, j, i, x0, y0, p, eps_gate, eps_abs, eps_rel, eps_cusp,
