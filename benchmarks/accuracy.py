@@ -328,12 +328,13 @@ def main(argv=None):
     ap.add_argument("--caustics-threads", type=int, default=0,
                     help="torch intra-op threads for caustics (0: torch's default)")
     a = ap.parse_args(argv)
+    names = {f.name: f.type for f in dataclasses.fields(DEFAULT_ACCURACY)}
     try:
+        pairs = [e.split("=", 1) for e in a.eps]
         acc = dataclasses.replace(DEFAULT_ACCURACY, **{
-            k: type(getattr(DEFAULT_ACCURACY, k))(float(v))
-            for k, v in (e.split("=", 1) for e in a.eps)})
-    except (ValueError, TypeError, AttributeError) as exc:
-        ap.error(f"--eps {a.eps}: {exc} (names: {', '.join(DEFAULT_ACCURACY.__annotations__)})")
+            k: (int(v) if names[k] in (int, "int") else float(v)) for k, v in pairs})
+    except (ValueError, TypeError, KeyError) as exc:
+        ap.error(f"--eps {a.eps}: {exc!r} (names: {', '.join(names)})")
     s = a.stamp_size
     t_all = time.perf_counter()
     tasks, labels = build_draws(a.draws, a.seed, not a.no_corners)

@@ -1008,8 +1008,10 @@ def _one_line(exc) -> str:
 
 
 def _s3_options() -> dict:
+    from .io.coadd import s3_endpoint_from_env
+
     opts = {"skip_instance_cache": True}
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    endpoint = s3_endpoint_from_env()
     if endpoint:
         opts["endpoint_url"] = endpoint
     return opts
@@ -1027,10 +1029,9 @@ def open_run(out: str, experiment_id: str) -> Run:
     from .io.writer import CONFIG_NAME, Store
 
     out = str(out).rstrip("/")
-    remote = out.startswith("s3://")
-    store = Store(out, _s3_options() if remote else None)
-    fs = store.fs
-    root = out[5:] if remote else store.out
+    store = Store(out, _s3_options() if out.startswith("s3://") else None)
+    fs, remote = store.fs, store.remote
+    root = store._key(store.out)
     exists = (lambda p: fs.exists(p)) if remote else os.path.isdir
     try:
         if not exists(f"{root}/metrics/{experiment_id}"):

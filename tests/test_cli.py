@@ -66,8 +66,7 @@ def test_run_bench_counts_every_stamp_across_batches():
     assert (res["stamps"], res["batch_size"]) == (5, 2)
     assert res["stamps_per_s"] == pytest.approx(5 / res["seconds"])
     # one repeat: the engine figure is its kernels plus its copy back, each timed apart
-    assert res["kernel_seconds"] > 0 and res["copy_in_seconds"] >= 0
-    assert res["copy_out_seconds"] >= 0
+    assert res["kernel_seconds"] > 0
     assert res["seconds"] == pytest.approx(res["kernel_seconds"] + res["copy_out_seconds"])
     assert res["peak_rss_mib"] > 0
 

@@ -65,6 +65,12 @@ PER_BAND_PRODUCTS = ("image", "invvar", "model", "blobmodel", "chi2", "depth", "
 PER_BRICK_PRODUCTS = ("maskbits",)
 
 
+
+def s3_endpoint_from_env():
+    """The S3 endpoint the environment names (``AWS_ENDPOINT_URL_S3``, else
+    ``AWS_ENDPOINT_URL``, as the AWS tools read them), or None."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
 class CoaddError(Exception):
     """A coadd file or directory cannot be found or read. The message is one line."""
 
@@ -150,8 +156,7 @@ class CoaddSource:
             protocol = root.split("://", 1)[0]
             opts = dict(storage_options or {})
             if protocol in ("s3", "s3a"):
-                endpoint = (endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3")
-                            or os.environ.get("AWS_ENDPOINT_URL"))
+                endpoint = endpoint_url or s3_endpoint_from_env()
                 if endpoint:
                     opts.setdefault("endpoint_url", endpoint)
                 ck = dict(opts.pop("config_kwargs", {}) or {})
