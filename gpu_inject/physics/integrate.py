@@ -47,7 +47,7 @@ Adaptivity, per pixel:
      integral along the ray (ray_integral: 4-point Gauss-Legendre, split where the ray passes
      closest to the source centre). There rules 0-3 took 1,311 samples on average (up to
      5,400; random_tasks(24, seed 3)) and 88 us per stamp (one thread, random_tasks(256,
-     seed 0)); rule 5 takes 22 us and the scan 3 us, for 23 % of the draws the walk still.
+     seed 0)); rule 5 takes 22 us and its scan 3 us, and 23 % of the draws keep the walk.
 The walk keeps only (level, ix, iy), children in Morton order, no stack and no recursion, so
 that the same code is a CUDA device function; the summation order is fixed (deterministic).
 """
