@@ -18,15 +18,12 @@ PHYSICS = (
     lens.shear_deflection, lens.ray_shoot_bf, lens.ray_shoot,
     sersic.sersic_bn, sersic.elliptical_radius2, sersic.elliptical_radius,
     sersic.sersic_profile_r2, sersic.sersic_profile,
-    integrate.source_brightness, integrate.lensed_sample, integrate.lens_distance2,
-    integrate.region_is_dark,
+    integrate.lensed_sample, integrate.lens_distance2, integrate.region_is_dark,
     integrate.source_distance2, integrate.must_split, integrate.s5,
     integrate.gate, integrate.mem_put, integrate.mem_get, integrate.node,
     integrate.refine_pixel, integrate.cubic_rule, integrate.cubic_row, integrate.half_rule,
     integrate.half_row, integrate.stencil_value, integrate.stencil_gate, integrate.block_gate,
-    integrate.block_pixel, integrate.lens_ray, integrate.gauss_segment,
-    integrate.closest_approach, integrate.ray_integral, integrate.holds_source_image,
-    integrate.angle_walk, integrate.lens_centre_pixel, integrate.pixel_value,
+    integrate.block_pixel, integrate.pixel_value,
 )
 
 

@@ -40,14 +40,6 @@ Adaptivity, per pixel:
      (its image lies more than one reach from it) stops NEAR_CUSP times earlier in h^2.
   4. A node that could not hold FLOOR of the flux even at the profile's peak is never split
      (near a cusp or the lens centre the test of rule 2 shrinks only like h^2).
-  5. The pixel holding the lens centre skips rules 0-3 unless an image of the source centre
-     may lie in it (holds_source_image): in polar coordinates about the lens centre the lens
-     map is affine along each ray (lens_ray), so the pixel is 4 triangles (lens centre, one
-     edge each), each integrated over the angle by adaptive Simpson (angle_walk) of the
-     integral along the ray (ray_integral: 4-point Gauss-Legendre, split where the ray passes
-     closest to the source centre). There rules 0-3 took 1,311 samples on average (up to
-     5,400; random_tasks(24, seed 3)) and 88 us per stamp (one thread, random_tasks(256,
-     seed 0)); rule 5 takes 22 us and its scan 3 us, and 23 % of the draws keep the walk.
 The walk keeps only (level, ix, iy), children in Morton order, no stack and no recursion, so
 that the same code is a CUDA device function; the summation order is fixed (deterministic).
 """
@@ -56,7 +48,7 @@ import math
 from .layout import (P_G1, P_G2, P_LENS_B, P_LENS_COS, P_LENS_F, P_LENS_SIN, P_SRC_BN,
                      P_SRC_COS, P_SRC_I0, P_SRC_IE, P_SRC_INV_N, P_SRC_Q, P_SRC_R2CUT,
                      P_SRC_REFF, P_SRC_SIN, P_SRC_X, P_SRC_Y)
-from .lens import ray_shoot_bf, sie_deflection_bf
+from .lens import ray_shoot_bf
 from .sersic import elliptical_radius2, sersic_profile_r2
 
 # A cell whose source-plane footprint (largest elliptical distance from its centre's image to
@@ -100,30 +92,6 @@ BLOCK_CLEAR = 8.0
 BLOCK_FAR = 8.0
 # Side (pixels) of the blocks that the CPU loop proves dark (region_is_dark) before sampling.
 DARK_BLOCK = 4
-# Rule 5: each triangle's angle range starts as 2^ANGLE_MIN_LEVEL Simpson panels (a compact
-# source subtends ~0.1 rad of the cut: from 3 rays per triangle, level 0, a draw of 24 erred
-# by 3.7e-4 F; level 2: 4.3e-5 F at most), refined to at most ANGLE_MAX_LEVEL levels.
-ANGLE_MIN_LEVEL = 2
-ANGLE_MAX_LEVEL = 24
-# 4-point Gauss-Legendre on [0, 1]: nodes 1/2 -+ GL_X1/2, 1/2 -+ GL_X2/2, weights GL_W1/2, GL_W2/2
-GL_X1 = 0.33998104358485626
-GL_X2 = 0.8611363115940526
-GL_W1 = 0.6521451548625461
-GL_W2 = 0.34785484513745385
-# holds_source_image: rays scanned around the lens centre, and the margin (pixels) of the test.
-# Without the scan 2 of 3,516 draws erred by 9e-3 and 3e-2 F (an Einstein ring of a cuspy
-# source through the pixel); margins 0 / 0.1 / 0.5 px flag 3 / 7 / 14 of random_tasks(24,
-# seed 3), and 0 and 0.1 leave the same worst errors over the 3,516 draws.
-RAYS_SCANNED = 64
-SCAN_MARGIN = 0.1
-
-
-def source_brightness(u, v, p):
-    """I at source-plane offset (u, v) from the source centre (0 beyond R2CUT)."""
-    r2 = elliptical_radius2(u, v, p[P_SRC_Q], p[P_SRC_COS], p[P_SRC_SIN])
-    if r2 > p[P_SRC_R2CUT]:
-        return 0.0
-    return sersic_profile_r2(r2, p[P_SRC_REFF], p[P_SRC_INV_N], p[P_SRC_BN], p[P_SRC_IE])
 
 
 def lensed_sample(x, y, p):
@@ -132,7 +100,10 @@ def lensed_sample(x, y, p):
                           p[P_G1], p[P_G2])
     u = bx - p[P_SRC_X]
     v = by - p[P_SRC_Y]
-    return source_brightness(u, v, p), u, v
+    r2 = elliptical_radius2(u, v, p[P_SRC_Q], p[P_SRC_COS], p[P_SRC_SIN])
+    if r2 > p[P_SRC_R2CUT]:
+        return 0.0, u, v
+    return sersic_profile_r2(r2, p[P_SRC_REFF], p[P_SRC_INV_N], p[P_SRC_BN], p[P_SRC_IE]), u, v
 
 
 def lens_distance2(x_lo, y_lo, x_hi, y_hi):
@@ -373,168 +344,13 @@ def block_pixel(fcor, j, i):
                      j % 2)
 
 
-def lens_ray(c, s, p):
-    """The ray from the lens centre in direction (c, s) in the source plane: beta(r (c, s)) -
-    beta_src = (u0, v0) + r (wu, wv) exactly, because the SIE deflection is homogeneous of
-    degree 0 (alpha(r e) = alpha(e), Kormann et al. 1994 eq. 26) and the shear is linear."""
-    ax, ay = sie_deflection_bf(c, s, p[P_LENS_B], p[P_LENS_F], p[P_LENS_COS], p[P_LENS_SIN])
-    return (-ax - p[P_SRC_X], -ay - p[P_SRC_Y],
-            c - (p[P_G1] * c + p[P_G2] * s), s - (p[P_G2] * c - p[P_G1] * s))
-
-
-def gauss_segment(u0, v0, wu, wv, r0, r1, p):
-    """4-point Gauss-Legendre of I(u0 + r wu, v0 + r wv) r over r in [r0, r1]."""
-    h = r1 - r0
-    m = r0 + 0.5 * h
-    a = 0.5 * h * GL_X1
-    b = 0.5 * h * GL_X2
-    inner = ((m - a) * source_brightness(u0 + (m - a) * wu, v0 + (m - a) * wv, p)
-             + (m + a) * source_brightness(u0 + (m + a) * wu, v0 + (m + a) * wv, p))
-    outer = ((m - b) * source_brightness(u0 + (m - b) * wu, v0 + (m - b) * wv, p)
-             + (m + b) * source_brightness(u0 + (m + b) * wu, v0 + (m + b) * wv, p))
-    return 0.5 * h * (GL_W1 * inner + GL_W2 * outer)
-
-
-def closest_approach(u0, v0, wu, wv, p):
-    """(r, D) of the line (u0, v0) + r (wu, wv) (source plane, offsets from the source centre):
-    r where its elliptical radius R is least (R^2 is quadratic in r; the polarisation identity
-    gives the bilinear form), and D, the signed cross product of (u0, v0) with (wu, wv), whose
-    sign tells on which side of the line the source centre lies."""
-    q = p[P_SRC_Q]
-    cs = p[P_SRC_COS]
-    ss = p[P_SRC_SIN]
-    ww = elliptical_radius2(wu, wv, q, cs, ss)
-    bw = 0.25 * (elliptical_radius2(u0 + wu, v0 + wv, q, cs, ss)
-                 - elliptical_radius2(u0 - wu, v0 - wv, q, cs, ss))
-    return (-bw / ww if ww > 0.0 else -1.0), u0 * wv - v0 * wu
-
-
-def ray_integral(phi, d, phi_n, p):
-    """g(phi) = integral of I(beta) r dr along the ray at angle phi from the lens centre to the
-    pixel edge whose line lies at distance d in direction phi_n (r up to d / cos(phi - phi_n)).
-    The profile along the ray peaks where the ray passes closest to the source centre: the
-    rule is split there."""
-    c = math.cos(phi)
-    s = math.sin(phi)
-    r_end = d / math.cos(phi - phi_n)
-    u0, v0, wu, wv = lens_ray(c, s, p)
-    r_min, _ = closest_approach(u0, v0, wu, wv, p)
-    if 0.0 < r_min < r_end:
-        return (gauss_segment(u0, v0, wu, wv, 0.0, r_min, p)
-                + gauss_segment(u0, v0, wu, wv, r_min, r_end, p))
-    return gauss_segment(u0, v0, wu, wv, 0.0, r_end, p)
-
-
-def holds_source_image(x0, y0, p):
-    """Whether an image of the source centre may lie in the unit pixel with lower corner
-    (x0, y0), which holds the lens centre: of RAYS_SCANNED rays from the lens centre, evenly
-    in angle, two neighbours pass the source centre on opposite sides, and one of them
-    passes closest to it within SCAN_MARGIN pixels of the pixel. Such a pixel keeps rules
-    0-3: rule 5's 4-point rule along a ray through a cusp is not accurate enough."""
-    prev_side = 0.0
-    prev_inside = False
-    for k in range(RAYS_SCANNED + 1):
-        phi = 2.0 * math.pi * k / RAYS_SCANNED
-        c = math.cos(phi)
-        s = math.sin(phi)
-        # distance along the ray to the pixel's edge
-        r_edge = min((x0 + 1.0) / c if c > 0.0 else (x0 / c if c < 0.0 else math.inf),
-                     (y0 + 1.0) / s if s > 0.0 else (y0 / s if s < 0.0 else math.inf))
-        u0, v0, wu, wv = lens_ray(c, s, p)
-        r_min, side = closest_approach(u0, v0, wu, wv, p)
-        inside = -SCAN_MARGIN < r_min < r_edge + SCAN_MARGIN
-        if k > 0 and (inside or prev_inside) and (side > 0.0) != (prev_side > 0.0):
-            return True
-        prev_side = side
-        prev_inside = inside
-    return False
-
-
-def angle_walk(phi_a, phi_b, d, phi_n, p, tol, mem):
-    """Integral of ray_integral over phi in [phi_a, phi_b] (one triangle of rule 5) by
-    adaptive Simpson with Richardson's correction, panels refined while |S(halves) - S(whole)|
-    > 15 tol width / (phi_b - phi_a). A binary tree walked depth first from the
-    2^ANGLE_MIN_LEVEL panels of ANGLE_MIN_LEVEL, like refine_pixel's: ``mem`` keeps the 5
-    values of the last panel split, which its children reuse (2 new rays each)."""
-    span = phi_b - phi_a
-    total = 0.0
-    level = ANGLE_MIN_LEVEL
-    i = 0
-    known = False
-    while True:
-        w = math.ldexp(span, -level)
-        a = phi_a + i * w
-        if known:
-            k = 2 * (i & 1)
-            g0 = mem[k]
-            g2 = mem[k + 1]
-            g4 = mem[k + 2]
-        else:
-            g0 = ray_integral(a, d, phi_n, p)
-            g2 = ray_integral(a + 0.5 * w, d, phi_n, p)
-            g4 = ray_integral(a + w, d, phi_n, p)
-        g1 = ray_integral(a + 0.25 * w, d, phi_n, p)
-        g3 = ray_integral(a + 0.75 * w, d, phi_n, p)
-        whole = w * (g0 + 4.0 * g2 + g4) / 6.0
-        halves = w * ((g0 + 4.0 * g1 + g2) + (g2 + 4.0 * g3 + g4)) / 12.0
-        if level < ANGLE_MAX_LEVEL and abs(halves - whole) > 15.0 * tol * w / span:
-            mem[0] = g0
-            mem[1] = g1
-            mem[2] = g2
-            mem[3] = g3
-            mem[4] = g4
-            level += 1
-            i *= 2
-            known = True
-            continue
-        total += halves + (halves - whole) / 15.0
-        # next panel: the right sibling (mem still holds their parent's values exactly when
-        # it did for this one), else up to the first ancestor that is a left child
-        while i & 1 and level > ANGLE_MIN_LEVEL:
-            i >>= 1
-            level -= 1
-            known = False
-        i += 1
-        if level == ANGLE_MIN_LEVEL:
-            known = False
-            if i == 1 << ANGLE_MIN_LEVEL:
-                return total
-
-
-def lens_centre_pixel(x0, y0, p, eps_gate, mem):
-    """Rule 5: the integral over the unit pixel with lower corner (x0, y0), which holds the
-    lens centre (the origin), as 4 triangles (origin, edge), each to eps_gate."""
-    total = 0.0
-    for k in range(4):
-        # edge k from corner (ax, ay) to (bx, by), counterclockwise
-        ax = x0 + (1.0 if k == 1 or k == 2 else 0.0)
-        ay = y0 + (1.0 if k >= 2 else 0.0)
-        bx = x0 + (1.0 if k == 0 or k == 1 else 0.0)
-        by = y0 + (1.0 if k == 1 or k == 2 else 0.0)
-        # outward normal of the edge (unit: the edges are axis-aligned) and its distance
-        nx = by - ay
-        ny = ax - bx
-        d = ax * nx + ay * ny
-        if d <= 0.0:
-            continue   # the origin lies on this edge: the triangle has no area
-        phi_a = math.atan2(ay, ax)
-        phi_b = math.atan2(by, bx)
-        if phi_b < phi_a:
-            phi_b += 2.0 * math.pi
-        total += angle_walk(phi_a, phi_b, d, math.atan2(ny, nx), p, eps_gate, mem)
-    return total
-
-
 def pixel_value(fcor, ucor, vcor, j, i, x0, y0, p, eps_gate, eps_abs, eps_rel, eps_cusp,
                 max_level, mem):
     """Integral over the unit pixel with lower corner (x0, y0), whose corners are
     fcor/ucor/vcor[j:j+2, i:i+2] on a grid of corner samples: rule 0 (reading the
     neighbours' corners too), else rule 1 with its centre, else the quadtree walk, whose
-    root reuses these 5 samples; rule 5 for the pixel holding the lens centre. The CPU and
-    CUDA loops differ only in how they fill the corner grid."""
-    if (x0 <= 0.0 <= x0 + 1.0 and y0 <= 0.0 <= y0 + 1.0
-            and not holds_source_image(x0, y0, p)):
-        return lens_centre_pixel(x0, y0, p, eps_gate, mem)
+    root reuses these 5 samples. The CPU and CUDA loops differ only in how they fill the
+    corner grid."""
     s4, stencil, ok = stencil_gate(fcor, ucor, vcor, j, i, 1, x0, y0, p, eps_gate)
     if ok:
         return s4
