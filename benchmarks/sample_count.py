@@ -7,7 +7,9 @@ for a change of the integration rules (run it at the two commits).
     python benchmarks/sample_count.py [--draws 24] [--seed 3] [--size 90]
 
 Every pixel goes through rule 0b (``block_gate``) first, as in the CUDA loop; dark blocks
-are not skipped (the CPU loop's shortcut changes no sample of a lit pixel).
+are not skipped (the CPU loop's shortcut changes no sample of a lit pixel). It also prints
+how many pixels rule 0b accepts, and how the evaluations split between pixels: most of them
+go to a few pixels near the lens centre and the source centre's images.
 """
 import argparse
 
@@ -21,8 +23,9 @@ from gpu_inject.physics.integrate import NODE_MEM
 
 
 def count(params, size, offset):
-    """Mean evaluations per stamp in pixel_value over ``params`` rendered on size x size
-    grids with the lens at size / 2 + offset."""
+    """Per stamp over ``params`` rendered on size x size grids with the lens at size / 2 +
+    offset: (mean evaluations in pixel_value, mean pixels that rule 0b accepts, the
+    evaluations of every pixel that rule 0b refuses, the lens-centre pixel's ones)."""
     plain = integrate.lensed_sample
     calls = [0]
 
@@ -31,7 +34,9 @@ def count(params, size, offset):
         return plain(x, y, p)
 
     o = size / 2 + offset
+    lens = int(np.floor(o + 0.5))   # the pixel holding the lens centre, in x and y
     eps = (ACC.eps_gate, ACC.eps_abs, ACC.eps_rel, ACC.eps_cusp, ACC.max_level)
+    per_pixel, at_lens, block_pixels = [], [], 0
     for p in params:
         grid = np.array([[plain(i - 0.5 - o, j - 0.5 - o, p) for i in range(size + 1)]
                          for j in range(size + 1)])
@@ -42,11 +47,18 @@ def count(params, size, offset):
             for j in range(size):
                 for i in range(size):
                     x0, y0 = i - 0.5 - o, j - 0.5 - o
-                    if not integrate.block_gate(f, u, v, j, i, x0, y0, p, ACC.eps_gate):
-                        integrate.pixel_value(f, u, v, j, i, x0, y0, p, *eps, mem)
+                    if integrate.block_gate(f, u, v, j, i, x0, y0, p, ACC.eps_gate):
+                        block_pixels += 1
+                        continue
+                    before = calls[0]
+                    integrate.pixel_value(f, u, v, j, i, x0, y0, p, *eps, mem)
+                    per_pixel.append(calls[0] - before)
+                    if i == lens and j == lens:
+                        at_lens.append(calls[0] - before)
         finally:
             integrate.lensed_sample = plain
-    return calls[0] / len(params)
+    n = len(params)
+    return calls[0] / n, block_pixels / n, np.array(per_pixel), np.array(at_lens)
 
 
 def main(argv=None):
@@ -57,9 +69,18 @@ def main(argv=None):
     a = ap.parse_args(argv)
     draws = random_tasks(a.draws, seed=a.seed)
     params, _ = T.pack_params(T.read_columns(draws), 0.262)
-    n = count(params, a.size, 0.123)
+    n, block_pixels, per_pixel, at_lens = count(params, a.size, 0.123)
     print(f"{a.draws} draws (seed {a.seed}), {a.size}x{a.size} grid: {n:,.0f} evaluations per "
-          f"stamp in pixel centres and refinement, after {(a.size + 1) ** 2:,} corners")
+          f"stamp in pixel centres and refinement, after {(a.size + 1) ** 2:,} corners; "
+          f"{block_pixels:,.0f} pixels per stamp accepted by rule 0b")
+    total = per_pixel.sum()
+    for lo, hi, what in ((1, 1, "1 (rule 1)"), (9, 9, "9 (a root accepted)"),
+                         (41, None, "over 40"), (301, None, "over 300")):
+        sel = (per_pixel >= lo) & (per_pixel <= (hi or per_pixel.max(initial=0)))
+        print(f"  pixels taking {what}: {sel.sum() / a.draws:,.1f} per stamp, "
+              f"{per_pixel[sel].sum() / max(total, 1):.0%} of the evaluations")
+    print(f"  the pixel holding the lens centre: {at_lens.mean():,.0f} evaluations on average, "
+          f"{at_lens.max(initial=0):,} at most")
 
 
 if __name__ == "__main__":

@@ -272,8 +272,7 @@ def test_dark_block_skipping_changes_only_dark_pixels():
     bit, except on pixels it skipped: there it gives 0 (their exact integral) where sampling
     gives the cubic stencils' ringing from lit corners beyond them (rule 0 reads corners one
     pixel beyond its own, rule 0b up to four): per stamp, less than 1e-6 of the source flux,
-    a thousandth of SPEC 6's flux tolerance (1.1e-8 per pixel at most, 7.5e-8 per stamp on
-    these draws, for blocks of 1 pixel), for block sizes 1, 4 and 8."""
+    a thousandth of SPEC 6's flux tolerance, for block sizes 1, 4 and 8."""
     from gpu_inject.engine import DEFAULT_ACCURACY as acc
     from gpu_inject.kernels import cpu
 

@@ -85,9 +85,9 @@ STENCIL_FAR = 8.0
 # BLOCK_FAR 12 -> 8 against the converged references of benchmarks/accuracy.py (3,516
 # draws: --draws 200 --seed 0, 300 --seed 3; --no-corners 400 --seed 1, 600 --seed 2,
 # 2000 --seed 4): worst flux 3.05e-4 -> 3.04e-4, worst peak 4.89e-3 (unchanged), median
-# flux error 1.2e-5 -> 1.7e-5 (6: 3.2e-5); blocks accepted per 90 x 90 stamp 998 -> 1,229
-# of 1,571 lit, samples with the corners 11,390 -> 10,650 (random_tasks(24, seed 3), a
-# scratch count of the CPU loop's passes); render, 1 thread, 4 interleaved pairs: -1 to -7 %.
+# flux error 1.2e-5 -> 1.7e-5 (6: 3.2e-5); pixels it accepts per 90 x 90 stamp 5,513 ->
+# 6,480 of 8,100, so fewer odd corners to sample (`python benchmarks/sample_count.py` with
+# BLOCK_FAR set to each); `gpu-inject bench`, 3 interleaved pairs: 1,179-1,295 -> 1,326-1,393.
 BLOCK_CLEAR = 8.0
 BLOCK_FAR = 8.0
 # Side (pixels) of the blocks that the CPU loop proves dark (region_is_dark) before sampling.
