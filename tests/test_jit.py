@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numba
 
-from gpu_inject.kernels import _jit
+from gpu_inject.kernels import _jit, vecmath
 
 
 def test_cache_dir_is_keyed_by_sources_and_falls_back_when_unwritable(monkeypatch, tmp_path):
@@ -13,7 +13,7 @@ def test_cache_dir_is_keyed_by_sources_and_falls_back_when_unwritable(monkeypatc
     try:
         monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
         got = Path(_jit.configure_numba_cache())
-        assert got == tmp_path / "gpu_inject" / f"numba-{_jit.source_hash()}"
+        assert got == tmp_path / "gpu_inject" / f"numba-{_jit.source_hash()}-w{vecmath.WIDTH}"
         blocked = tmp_path / "file"
         blocked.write_text("not a folder")
         monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))

@@ -14,19 +14,21 @@ from ..physics import integrate, layout, lens, metrics, sersic
 
 # In call order: a function's callees come before it.
 PHYSICS = (
-    lens.atan_over_f, lens.atanh_over_f, lens.sie_deflection_bf, lens.sie_deflection,
-    lens.shear_deflection, lens.ray_shoot_bf, lens.ray_shoot,
+    lens.atan_over_f_from, lens.atanh_over_f_from, lens.atan_over_f, lens.atanh_over_f,
+    lens.sie_rotated, lens.sie_arguments, lens.sie_transcendentals, lens.sie_deflection_from,
+    lens.sie_deflection_bf, lens.sie_deflection, lens.shear_deflection, lens.ray_shoot_from,
+    lens.ray_shoot_bf, lens.ray_shoot,
     sersic.sersic_bn, sersic.elliptical_radius2, sersic.elliptical_radius,
+    sersic.sersic_log_argument, sersic.sersic_power_exponent, sersic.sersic_exponent,
     sersic.sersic_profile_r2, sersic.sersic_profile,
-    integrate.lensed_sample, integrate.lens_distance2, integrate.region_is_dark,
+    integrate.source_offset, integrate.lensed_sample, integrate.lens_distance2,
+    integrate.region_is_dark,
     integrate.source_distance2, integrate.must_split, integrate.s5,
     integrate.gate, integrate.mem_put, integrate.mem_get, integrate.node,
     integrate.refine_pixel, integrate.cubic_rule, integrate.cubic_row, integrate.half_rule,
     integrate.half_row, integrate.stencil_value, integrate.stencil_gate, integrate.block_gate,
     integrate.block_pixel, integrate.pixel_value,
 )
-
-
 METRICS = (
     metrics.snr_flux, metrics.snr_var, metrics.snr, metrics.opt_term, metrics.invvar_bad,
     metrics.mask_bad, metrics.mask_wise,
@@ -85,15 +87,18 @@ def source_hash(root=None):
 
 
 def configure_numba_cache():
-    """Point numba's on-disk cache at a directory keyed by the source hash (unless the user
-    chose NUMBA_CACHE_DIR)."""
+    """Point numba's on-disk cache at a directory keyed by the source hash and the vector
+    math in use (unless the user chose NUMBA_CACHE_DIR): a kernel compiled to call libmvec
+    must not be loaded where it is off (vecmath)."""
+    import tempfile
+
     import numba
 
-    import tempfile
+    from . import vecmath
 
     if os.environ.get("NUMBA_CACHE_DIR"):
         return numba.config.CACHE_DIR
-    name = f"gpu_inject/numba-{source_hash()}"
+    name = f"gpu_inject/numba-{source_hash()}-w{vecmath.WIDTH}"
     base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     for root in (base, Path(tempfile.gettempdir())):  # e.g. a read-only HOME on an executor
         path = root / name

@@ -48,7 +48,7 @@ import math
 from .layout import (P_G1, P_G2, P_LENS_B, P_LENS_COS, P_LENS_F, P_LENS_SIN, P_SRC_BN,
                      P_SRC_COS, P_SRC_I0, P_SRC_IE, P_SRC_INV_N, P_SRC_Q, P_SRC_R2CUT,
                      P_SRC_REFF, P_SRC_SIN, P_SRC_X, P_SRC_Y)
-from .lens import ray_shoot_bf
+from .lens import ray_shoot_from, sie_rotated, sie_transcendentals
 from .sersic import elliptical_radius2, sersic_profile_r2
 
 # A cell whose source-plane footprint (largest elliptical distance from its centre's image to
@@ -96,14 +96,23 @@ DARK_BLOCK = 4
 
 def lensed_sample(x, y, p):
     """I(beta(x, y)) and the source-plane offset (u, v) of beta from the source centre."""
-    bx, by = ray_shoot_bf(x, y, p[P_LENS_B], p[P_LENS_F], p[P_LENS_COS], p[P_LENS_SIN],
-                          p[P_G1], p[P_G2])
-    u = bx - p[P_SRC_X]
-    v = by - p[P_SRC_Y]
-    r2 = elliptical_radius2(u, v, p[P_SRC_Q], p[P_SRC_COS], p[P_SRC_SIN])
+    f = p[P_LENS_F]
+    xp, yp, psi = sie_rotated(x, y, f, p[P_LENS_COS], p[P_LENS_SIN])
+    atan_ft, log_ratio = sie_transcendentals(xp, yp, psi, f)
+    u, v, r2 = source_offset(x, y, xp, yp, psi, p, atan_ft, log_ratio)
     if r2 > p[P_SRC_R2CUT]:
         return 0.0, u, v
     return sersic_profile_r2(r2, p[P_SRC_REFF], p[P_SRC_INV_N], p[P_SRC_BN], p[P_SRC_IE]), u, v
+
+
+def source_offset(x, y, xp, yp, psi, p, atan_ft, log_ratio):
+    """(u, v, R^2): the offset of beta(x, y) from the source centre and its elliptical
+    radius squared, from the rotated point and the SIE's transcendentals (see lens.py)."""
+    bx, by = ray_shoot_from(x, y, xp, yp, psi, p[P_LENS_B], p[P_LENS_F], p[P_LENS_COS],
+                            p[P_LENS_SIN], p[P_G1], p[P_G2], atan_ft, log_ratio)
+    u = bx - p[P_SRC_X]
+    v = by - p[P_SRC_Y]
+    return u, v, elliptical_radius2(u, v, p[P_SRC_Q], p[P_SRC_COS], p[P_SRC_SIN])
 
 
 def lens_distance2(x_lo, y_lo, x_hi, y_hi):

@@ -34,7 +34,26 @@ def sersic_profile_r2(r2, reff, inv_n, bn, ie):
     """I(R) = I_e exp(-b_n [(R / R_e)^(1/n) - 1]) (Sersic 1968) from R^2 (saves a sqrt)."""
     if r2 == 0.0:
         return ie * math.exp(bn)
-    return ie * math.exp(bn - bn * math.exp(0.5 * inv_n * math.log(r2 / (reff * reff))))
+    w = math.exp(sersic_power_exponent(math.log(sersic_log_argument(r2, reff)), inv_n))
+    return ie * math.exp(sersic_exponent(w, bn))
+
+
+# sersic_profile_r2 between its three transcendental calls (log, exp, exp), so that a CPU
+# loop can make each call on a vector of points (kernels/vecmath.py); at R = 0 the log is
+# -inf and the two exps give I_e exp(b_n) without the special case.
+def sersic_log_argument(r2, reff):
+    """(R / R_e)^2."""
+    return r2 / (reff * reff)
+
+
+def sersic_power_exponent(log_x, inv_n):
+    """log (R / R_e)^(1/n) from log_x = log (R / R_e)^2."""
+    return 0.5 * inv_n * log_x
+
+
+def sersic_exponent(w, bn):
+    """log(I / I_e) = b_n (1 - w), w = (R / R_e)^(1/n)."""
+    return bn - bn * w
 
 
 def sersic_profile(r, reff, inv_n, bn, ie):
