@@ -1,5 +1,6 @@
 """The vector math of the CPU loops (kernels/vecmath.py) and the batched lensed samples built
-on it (kernels/cpu.lensed_samples), against numpy's libm and the scalar physics.
+on it (physics.integrate.sample_points in the CPU build), against numpy's libm and the
+scalar physics.
 
 Whichever path this machine takes (libmvec on x86_64 glibc with AVX2/AVX-512, else the
 scalar loops), the tests hold; the subprocess test runs the other one (GPU_INJECT_VECMATH=0)
@@ -73,7 +74,7 @@ def _batched(xs, ys, p):
     yp = np.zeros(m)
     xp[:n] = xs
     yp[:n] = ys
-    cpu.lensed_samples(xp, yp, n, p, f, u, v, out[0], out[1])
+    cpu.sample_points(xp, yp, n, p, f, u, v, out[0], out[1])
     return f[:n], u[:n], v[:n]
 
 
@@ -88,7 +89,7 @@ def _points(p, rng, n):
 
 
 def test_batched_samples_equal_the_scalar_physics():
-    """cpu.lensed_samples against the plain-Python integrate.lensed_sample on random draws
+    """cpu.sample_points against the plain-Python integrate.lensed_sample on random draws
     (SIE and SIS, i.e. the closed form and the series, shear, the R2CUT cut, the lens centre
     where the deflection is 0): relative 1e-12 on f (libmvec's few ulp through a chain of
     exp(b_n w) with b_n w up to ~20) and absolute 1e-12 px on u, v."""

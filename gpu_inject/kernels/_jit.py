@@ -21,10 +21,12 @@ PHYSICS = (
     sersic.sersic_bn, sersic.elliptical_radius2, sersic.elliptical_radius,
     sersic.sersic_log_argument, sersic.sersic_power_exponent, sersic.sersic_exponent,
     sersic.sersic_profile_r2, sersic.sersic_profile,
-    integrate.source_offset, integrate.lensed_sample, integrate.lens_distance2,
+    integrate.source_offset, integrate.lensed_sample, integrate.lanes, integrate.exp_all,
+    integrate.log_all, integrate.atan_all, integrate.sample_points, integrate.lens_distance2,
     integrate.region_is_dark,
     integrate.source_distance2, integrate.must_split, integrate.s5,
-    integrate.gate, integrate.mem_put, integrate.mem_get, integrate.node,
+    integrate.gate, integrate.mem_put, integrate.mem_get, integrate.node_points,
+    integrate.node_samples_batched, integrate.node_samples, integrate.node,
     integrate.refine_pixel, integrate.cubic_rule, integrate.cubic_row, integrate.half_rule,
     integrate.half_row, integrate.stencil_value, integrate.stencil_gate, integrate.block_gate,
     integrate.block_pixel, integrate.pixel_value,
@@ -48,11 +50,13 @@ def _constants():
 INLINED = ("pixel_value",)
 
 
-def compile_physics(decorate, decorate_inlined=None):
+def compile_physics(decorate, decorate_inlined=None, replace=None):
     """A namespace name -> compiled function, for ``decorate`` (e.g. numba.njit(...));
-    the functions of INLINED with ``decorate_inlined`` when given."""
+    the functions of INLINED with ``decorate_inlined`` when given. ``replace``: name ->
+    what stands for that function in this build, a compiled function or the name of an
+    earlier one of PHYSICS (the CPU's vector math, node_samples_batched)."""
     return compile_functions(decorate, PHYSICS, {k: decorate_inlined for k in INLINED
-                                                 if decorate_inlined is not None})
+                                                 if decorate_inlined is not None}, replace)
 
 
 def compile_metrics(decorate):
@@ -60,12 +64,16 @@ def compile_metrics(decorate):
     return compile_functions(decorate, METRICS)
 
 
-def compile_functions(decorate, functions, decorate_by_name=None):
+def compile_functions(decorate, functions, decorate_by_name=None, replace=None):
     """Each of ``functions`` (callees first) rebuilt from its code object in a namespace of
     compiled callees and constants, and compiled with ``decorate`` (or the decorator
-    ``decorate_by_name`` gives its name)."""
+    ``decorate_by_name`` gives its name); or, when ``replace`` names it, what it gives."""
     ns = _constants()
     for fn in functions:
+        other = (replace or {}).get(fn.__name__)
+        if other is not None:
+            ns[fn.__name__] = ns[other] if isinstance(other, str) else other
+            continue
         clone = types.FunctionType(fn.__code__, ns, fn.__name__)
         clone.__qualname__ = fn.__qualname__
         clone.__module__ = fn.__module__

@@ -7,70 +7,23 @@ each stamp is computed by one thread from its own parameters only.
 import numba
 import numpy as np
 
-from ..physics.integrate import DARK_BLOCK, NODE_MEM
-from ..physics.layout import (P_LENS_COS, P_LENS_F, P_LENS_SIN, P_SRC_BN, P_SRC_IE,
-                              P_SRC_INV_N, P_SRC_R2CUT, P_SRC_REFF)
-from ..physics.lens import SIE_SERIES_F
+from ..physics.integrate import DARK_BLOCK, NODE_MEM, NODE_SCRATCH
 from . import vecmath
 from ._jit import compile_physics, configure_numba_cache
 
 configure_numba_cache()
+# Vector math where this machine has it (vecmath), and the walk's nodes sampling their 8 new
+# points through it.
 J = compile_physics(numba.njit(error_model="numpy"),
-                    numba.njit(error_model="numpy", inline="always"))
+                    numba.njit(error_model="numpy", inline="always"),
+                    {"lanes": vecmath.padded, "exp_all": vecmath.vexp, "log_all": vecmath.vlog,
+                     "atan_all": vecmath.vatan, "node_samples": "node_samples_batched"})
 lensed_sample = J.lensed_sample
 region_is_dark = J.region_is_dark
 block_gate = J.block_gate
 block_pixel = J.block_pixel
 pixel_value = J.pixel_value
-sie_rotated = J.sie_rotated
-sie_arguments = J.sie_arguments
-source_offset = J.source_offset
-sersic_log_argument = J.sersic_log_argument
-sersic_power_exponent = J.sersic_power_exponent
-sersic_exponent = J.sersic_exponent
-
-
-@numba.njit(inline="always")
-def lensed_samples(xs, ys, n, p, fo, uo, vo, t1, t2):
-    """lensed_sample at the n points (xs[k], ys[k]) into fo/uo/vo[k], each transcendental
-    call made on all of them at once (vecmath: 8 lanes per call with AVX-512). The
-    formulas are the physics' own, split at those calls; t1, t2 are scratch. Every array
-    holds at least vecmath.padded(n) values."""
-    m = vecmath.padded(n)
-    f = p[P_LENS_F]
-    c = p[P_LENS_COS]
-    s = p[P_LENS_SIN]
-    for k in range(m):
-        if k < n and f >= SIE_SERIES_F:
-            xp, yp, psi = sie_rotated(xs[k], ys[k], f, c, s)
-            t1[k], t2[k] = sie_arguments(xp, yp, psi, f)
-        else:   # the series needs no call, and padding lanes take harmless values
-            t1[k] = 0.0
-            t2[k] = 1.0
-    if f >= SIE_SERIES_F:
-        vecmath.vatan(t1, m)
-        vecmath.vlog(t2, m)
-    reff = p[P_SRC_REFF]
-    for k in range(n):
-        xp, yp, psi = sie_rotated(xs[k], ys[k], f, c, s)
-        # fo holds R^2 until the last loop
-        uo[k], vo[k], fo[k] = source_offset(xs[k], ys[k], xp, yp, psi, p, t1[k], t2[k])
-        t1[k] = sersic_log_argument(fo[k], reff)
-    for k in range(n, m):
-        t1[k] = 1.0
-    vecmath.vlog(t1, m)
-    inv_n = p[P_SRC_INV_N]
-    for k in range(m):
-        t1[k] = sersic_power_exponent(t1[k], inv_n)
-    vecmath.vexp(t1, m)
-    bn = p[P_SRC_BN]
-    for k in range(m):
-        t1[k] = sersic_exponent(t1[k], bn)
-    vecmath.vexp(t1, m)
-    cut = p[P_SRC_R2CUT]
-    ie = p[P_SRC_IE]
-    for k in range(n):
-        fo[k] = 0.0 if fo[k] > cut else ie * t1[k]
+sample_points = J.sample_points
 
 
 @numba.njit(inline="always")
@@ -86,7 +39,7 @@ def _any(flags, r0, r1, c0, c1):
 @numba.njit(inline="always")
 def _sample_row(fcor, ucor, vcor, j, cols, xs, ys, n, p, fo, uo, vo, t1, t2):
     """Corners (j, cols[k]) at (xs[k], ys[k]), k < n, sampled together into the grids."""
-    lensed_samples(xs, ys, n, p, fo, uo, vo, t1, t2)
+    sample_points(xs, ys, n, p, fo, uo, vo, t1, t2)
     for k in range(n):
         fcor[j, cols[k]] = fo[k]
         ucor[j, cols[k]] = uo[k]
@@ -127,8 +80,8 @@ def render_batch(params, origin, size, eps_gate, eps_abs, eps_rel, eps_cusp, max
         fcor = np.empty((size + 1, size + 1))
         ucor = np.empty((size + 1, size + 1))
         vcor = np.empty((size + 1, size + 1))
-        mem = np.empty(NODE_MEM)
-        # a row of corners to sample, and lensed_samples' outputs and scratch
+        mem = np.empty(NODE_MEM + NODE_SCRATCH)
+        # a row of corners to sample, and sample_points' outputs and scratch
         row = vecmath.padded(size + 1)
         cols = np.empty(row, dtype=np.int64)
         xs = np.empty(row)

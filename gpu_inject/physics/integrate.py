@@ -48,8 +48,10 @@ import math
 from .layout import (P_G1, P_G2, P_LENS_B, P_LENS_COS, P_LENS_F, P_LENS_SIN, P_SRC_BN,
                      P_SRC_COS, P_SRC_I0, P_SRC_IE, P_SRC_INV_N, P_SRC_Q, P_SRC_R2CUT,
                      P_SRC_REFF, P_SRC_SIN, P_SRC_X, P_SRC_Y)
-from .lens import ray_shoot_from, sie_rotated, sie_transcendentals
-from .sersic import elliptical_radius2, sersic_profile_r2
+from .lens import (SIE_SERIES_F, ray_shoot_from, sie_arguments, sie_rotated,
+                   sie_transcendentals)
+from .sersic import (elliptical_radius2, sersic_exponent, sersic_log_argument,
+                     sersic_power_exponent, sersic_profile_r2)
 
 # A cell whose source-plane footprint (largest elliptical distance from its centre's image to
 # its corners' images, "reach") times CUSP_REACH reaches the source centre may hold it; > 1
@@ -68,6 +70,8 @@ NEAR_CUSP = 8.0
 # Samples of one node (3 x 3 children's corners, 4 children's centres), as stored in ``mem``.
 NODE_SAMPLES = 13
 NODE_MEM = 3 * NODE_SAMPLES  # float64 values of the scratch ``mem`` (f, u, v per sample)
+# ... and after them, where a build uses node_samples_batched, its 7 arrays of 8 values
+NODE_SCRATCH = 7 * 8
 # Rule 4: a node with h^2 I(0) <= FLOOR (units of the source flux) is not split.
 FLOOR = 1e-6
 # Rule 0 (stencil_gate). |S4 - T| ~ h^2 |lap f| / 12 where rule 1's |M - T| is h^2 |lap f|
@@ -113,6 +117,72 @@ def source_offset(x, y, xp, yp, psi, p, atan_ft, log_ratio):
     u = bx - p[P_SRC_X]
     v = by - p[P_SRC_Y]
     return u, v, elliptical_radius2(u, v, p[P_SRC_Q], p[P_SRC_COS], p[P_SRC_SIN])
+
+
+# Vector math of sample_points: a[:n] = exp(a[:n]) etc. and the count a call covers. Plain
+# loops here (the reference and the CUDA build); the CPU build puts kernels/vecmath.py's in
+# their place, which make one libmvec call per 8 values.
+def lanes(n):
+    """n rounded up to the vector width (1 here)."""
+    return n
+
+
+def exp_all(a, n):
+    for k in range(n):
+        a[k] = math.exp(a[k])
+
+
+def log_all(a, n):
+    for k in range(n):
+        a[k] = math.log(a[k])
+
+
+def atan_all(a, n):
+    for k in range(n):
+        a[k] = math.atan(a[k])
+
+
+def sample_points(xs, ys, n, p, fo, uo, vo, t1, t2):
+    """lensed_sample at the n points (xs[k], ys[k]) into fo/uo/vo[k], each transcendental
+    call made on all of them at once: lensed_sample's own pieces (lens.py, sersic.py), with
+    a loop between each call. t1, t2 are scratch; every array holds lanes(n) values (the
+    lanes past n compute on harmless values)."""
+    m = lanes(n)
+    f = p[P_LENS_F]
+    c = p[P_LENS_COS]
+    s = p[P_LENS_SIN]
+    series = f < SIE_SERIES_F   # the series needs no call
+    for k in range(m):
+        if k < n and not series:
+            xp, yp, psi = sie_rotated(xs[k], ys[k], f, c, s)
+            t1[k], t2[k] = sie_arguments(xp, yp, psi, f)
+        else:
+            t1[k] = 0.0
+            t2[k] = 1.0
+    if not series:
+        atan_all(t1, m)
+        log_all(t2, m)
+    reff = p[P_SRC_REFF]
+    for k in range(n):
+        xp, yp, psi = sie_rotated(xs[k], ys[k], f, c, s)
+        # fo holds R^2 until the last loop
+        uo[k], vo[k], fo[k] = source_offset(xs[k], ys[k], xp, yp, psi, p, t1[k], t2[k])
+        t1[k] = sersic_log_argument(fo[k], reff)   # at R = 0: log -inf, then I(0)
+    for k in range(n, m):
+        t1[k] = 1.0
+    log_all(t1, m)
+    inv_n = p[P_SRC_INV_N]
+    for k in range(m):
+        t1[k] = sersic_power_exponent(t1[k], inv_n)
+    exp_all(t1, m)
+    bn = p[P_SRC_BN]
+    for k in range(m):
+        t1[k] = sersic_exponent(t1[k], bn)
+    exp_all(t1, m)
+    cut = p[P_SRC_R2CUT]
+    ie = p[P_SRC_IE]
+    for k in range(n):
+        fo[k] = 0.0 if fo[k] > cut else ie * t1[k]
 
 
 def lens_distance2(x_lo, y_lo, x_hi, y_hi):
@@ -206,6 +276,55 @@ def mem_get(mem, k):
     return mem[3 * k], mem[3 * k + 1], mem[3 * k + 2]
 
 
+def node_points(x0, y0, h):
+    """(x, y) of the 8 samples a node adds to the 5 it can share with its parent (its
+    corners and centre): the midpoints of its edges, f01, f10, f12, f21, and its children's
+    centres, ca, cb, cc, cd (names of ``node``)."""
+    g = 0.5 * h
+    x1 = x0 + g
+    x2 = x0 + h
+    y1 = y0 + g
+    y2 = y0 + h
+    return (x1, y0, x0, y1, x2, y1, x1, y2,
+            x0 + 0.5 * g, y0 + 0.5 * g, x1 + 0.5 * g, y0 + 0.5 * g,
+            x0 + 0.5 * g, y1 + 0.5 * g, x1 + 0.5 * g, y1 + 0.5 * g)
+
+
+def node_samples(x0, y0, h, p, mem):
+    """(f, u, v) of lensed_sample at each of the 8 node_points, in order. One function so
+    that the CPU build can put node_samples_batched in its place (``mem`` unused here)."""
+    t = node_points(x0, y0, h)
+    f0, u0, v0 = lensed_sample(t[0], t[1], p)
+    f1, u1, v1 = lensed_sample(t[2], t[3], p)
+    f2, u2, v2 = lensed_sample(t[4], t[5], p)
+    f3, u3, v3 = lensed_sample(t[6], t[7], p)
+    f4, u4, v4 = lensed_sample(t[8], t[9], p)
+    f5, u5, v5 = lensed_sample(t[10], t[11], p)
+    f6, u6, v6 = lensed_sample(t[12], t[13], p)
+    f7, u7, v7 = lensed_sample(t[14], t[15], p)
+    return (f0, u0, v0, f1, u1, v1, f2, u2, v2, f3, u3, v3,
+            f4, u4, v4, f5, u5, v5, f6, u6, v6, f7, u7, v7)
+
+
+def node_samples_batched(x0, y0, h, p, mem):
+    """node_samples through sample_points (each transcendental call on the 8 points at
+    once), its arrays in mem[NODE_MEM:NODE_MEM + NODE_SCRATCH]."""
+    t = node_points(x0, y0, h)
+    xs = mem[NODE_MEM:NODE_MEM + 8]
+    ys = mem[NODE_MEM + 8:NODE_MEM + 16]
+    fo = mem[NODE_MEM + 16:NODE_MEM + 24]
+    uo = mem[NODE_MEM + 24:NODE_MEM + 32]
+    vo = mem[NODE_MEM + 32:NODE_MEM + 40]
+    for k in range(8):
+        xs[k] = t[2 * k]
+        ys[k] = t[2 * k + 1]
+    sample_points(xs, ys, 8, p, fo, uo, vo, mem[NODE_MEM + 40:NODE_MEM + 48],
+                  mem[NODE_MEM + 48:NODE_MEM + 56])
+    return (fo[0], uo[0], vo[0], fo[1], uo[1], vo[1], fo[2], uo[2], vo[2],
+            fo[3], uo[3], vo[3], fo[4], uo[4], vo[4], fo[5], uo[5], vo[5],
+            fo[6], uo[6], vo[6], fo[7], uo[7], vo[7])
+
+
 def node(x0, y0, h, p, eps_abs, eps_rel, eps_cusp, mem, known, cx, cy):
     """Rules 2 and 3 on one quadtree node: (sum of the children's S5, split further).
 
@@ -231,14 +350,8 @@ def node(x0, y0, h, p, eps_abs, eps_rel, eps_cusp, mem, known, cx, cy):
         f20, u20, v20 = lensed_sample(x0, y2, p)
         f22, u22, v22 = lensed_sample(x2, y2, p)
         f11, u11, v11 = lensed_sample(x1, y1, p)
-    f01, u01, v01 = lensed_sample(x1, y0, p)
-    f10, u10, v10 = lensed_sample(x0, y1, p)
-    f12, u12, v12 = lensed_sample(x2, y1, p)
-    f21, u21, v21 = lensed_sample(x1, y2, p)
-    ca, uca, vca = lensed_sample(x0 + 0.5 * g, y0 + 0.5 * g, p)
-    cb, ucb, vcb = lensed_sample(x1 + 0.5 * g, y0 + 0.5 * g, p)
-    cc, ucc, vcc = lensed_sample(x0 + 0.5 * g, y1 + 0.5 * g, p)
-    cd, ucd, vcd = lensed_sample(x1 + 0.5 * g, y1 + 0.5 * g, p)
+    (f01, u01, v01, f10, u10, v10, f12, u12, v12, f21, u21, v21,
+     ca, uca, vca, cb, ucb, vcb, cc, ucc, vcc, cd, ucd, vcd) = node_samples(x0, y0, h, p, mem)
     parent = s5(h, f00, f02, f20, f22, f11)
     children = ((s5(g, f00, f01, f10, f11, ca) + s5(g, f01, f02, f11, f12, cb))
                 + (s5(g, f10, f11, f20, f21, cc) + s5(g, f11, f12, f21, f22, cd)))
