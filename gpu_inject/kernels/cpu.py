@@ -27,18 +27,17 @@ sample_points = J.sample_points
 
 
 @numba.njit(inline="always")
-def _any(flags, r0, r1, c0, c1):
-    """Whether any of flags[r0..r1, c0..c1] (inclusive, clipped to the array) is set."""
-    for r in range(max(r0, 0), min(r1, flags.shape[0] - 1) + 1):
-        for c in range(max(c0, 0), min(c1, flags.shape[1] - 1) + 1):
-            if flags[r, c]:
-                return True
-    return False
-
-
-@numba.njit(inline="always")
-def _sample_row(fcor, ucor, vcor, j, cols, xs, ys, n, p, fo, uo, vo, t1, t2):
-    """Corners (j, cols[k]) at (xs[k], ys[k]), k < n, sampled together into the grids."""
+def _sample_row(fcor, ucor, vcor, j, need, start, step, size, ox, oy, p, cols, xs, ys, fo, uo,
+                vo, t1, t2):
+    """The corners (j, i) with need[j, i], i = start, start + step, .. <= size, at (i - 0.5 -
+    ox, j - 0.5 - oy), sampled together into the grids (the rest are scratch)."""
+    n = 0
+    for i in range(start, size + 1, step):
+        if need[j, i]:
+            cols[n] = i
+            xs[n] = i - 0.5 - ox
+            ys[n] = j - 0.5 - oy
+            n += 1
     sample_points(xs, ys, n, p, fo, uo, vo, t1, t2)
     for k in range(n):
         fcor[j, cols[k]] = fo[k]
@@ -91,22 +90,25 @@ def render_batch(params, origin, size, eps_gate, eps_abs, eps_rel, eps_cusp, max
         vo = np.empty(row)
         t1 = np.empty(row)
         t2 = np.empty(row)
+        cell = np.arange(size) // b   # a pixel's dark block (b is not a constant: no
+        # division per pixel)
         # the 2 x 2 blocks of rule 0b holding a pixel that is not dark
         lit = np.zeros((half, half), dtype=np.bool_)
         for j in range(size):
             for i in range(size):
-                lit[j // 2, i // 2] |= not dark[j // b, i // b]
-        # 1. the even corners that a lit block's stencil reads (it reads rows 2 jb - 2 ..
-        # 2 jb + 4): those of blocks j / 2 - 2 .. j / 2 + 1
+                lit[j // 2, i // 2] |= not dark[cell[j], cell[i]]
+        # 1. the even corners that a lit block's stencil reads (rows and columns
+        # 2 jb - 2 .. 2 jb + 4)
+        need = np.zeros((size + 1, size + 1), dtype=np.bool_)
+        for jb in range(half):
+            for ib in range(half):
+                if lit[jb, ib]:
+                    for j in range(max(2 * jb - 2, 0), min(2 * jb + 4, size) + 1, 2):
+                        for i in range(max(2 * ib - 2, 0), min(2 * ib + 4, size) + 1, 2):
+                            need[j, i] = True
         for j in range(0, size + 1, 2):
-            n_row = 0
-            for i in range(0, size + 1, 2):
-                if _any(lit, j // 2 - 2, j // 2 + 1, i // 2 - 2, i // 2 + 1):
-                    cols[n_row] = i
-                    xs[n_row] = i - 0.5 - ox
-                    ys[n_row] = j - 0.5 - oy
-                    n_row += 1
-            _sample_row(fcor, ucor, vcor, j, cols, xs, ys, n_row, p, fo, uo, vo, t1, t2)
+            _sample_row(fcor, ucor, vcor, j, need, 0, 2, size, ox, oy, p, cols, xs, ys, fo, uo,
+                        vo, t1, t2)
         # 2. rule 0b once per lit block
         accepted = np.zeros((half, half), dtype=np.bool_)
         refused = np.zeros((half, half), dtype=np.bool_)
@@ -117,22 +119,22 @@ def render_batch(params, origin, size, eps_gate, eps_abs, eps_rel, eps_cusp, max
                                                   2 * ib - 0.5 - ox, 2 * jb - 0.5 - oy, p,
                                                   eps_gate)
                     refused[jb, ib] = not accepted[jb, ib]
-        # 3. the other corners that a pixel of a refused block reads (its 4 x 4 corners:
-        # those of pixels j - 2 .. j + 1, in blocks (j - 2) // 2 .. (j + 1) // 2)
+        # 3. the other corners that a pixel of a refused block reads (the 4 x 4 corners of
+        # its pixels: rows and columns 2 jb - 1 .. 2 jb + 3); the even ones are sampled
+        need[:, :] = False
+        for jb in range(half):
+            for ib in range(half):
+                if refused[jb, ib]:
+                    for j in range(max(2 * jb - 1, 0), min(2 * jb + 3, size) + 1):
+                        for i in range(max(2 * ib - 1, 0), min(2 * ib + 3, size) + 1):
+                            need[j, i] = j % 2 == 1 or i % 2 == 1
         for j in range(size + 1):
-            n_row = 0
-            for i in range(size + 1):
-                if (j % 2 or i % 2) and _any(refused, (j - 2) // 2, (j + 1) // 2,
-                                             (i - 2) // 2, (i + 1) // 2):
-                    cols[n_row] = i
-                    xs[n_row] = i - 0.5 - ox
-                    ys[n_row] = j - 0.5 - oy
-                    n_row += 1
-            _sample_row(fcor, ucor, vcor, j, cols, xs, ys, n_row, p, fo, uo, vo, t1, t2)
+            _sample_row(fcor, ucor, vcor, j, need, 0, 1, size, ox, oy, p, cols, xs, ys, fo, uo,
+                        vo, t1, t2)
         for j in range(size):
             y0 = j - 0.5 - oy
             for i in range(size):
-                if dark[j // b, i // b]:
+                if dark[cell[j], cell[i]]:
                     out[k, j, i] = 0.0
                 elif accepted[j // 2, i // 2]:
                     out[k, j, i] = block_pixel(fcor, j, i)
