@@ -7,7 +7,7 @@ each stamp is computed by one thread from its own parameters only.
 import numba
 import numpy as np
 
-from ..physics.integrate import DARK_BLOCK, NODE_MEM, NODE_SCRATCH
+from ..physics.integrate import DARK_BLOCK
 from . import vecmath
 from ._jit import compile_physics, configure_numba_cache
 
@@ -24,6 +24,7 @@ block_gate = J.block_gate
 block_pixel = J.block_pixel
 pixel_value = J.pixel_value
 sample_points = J.sample_points
+node_mem_size = J.node_mem_size
 
 
 @numba.njit(inline="always")
@@ -79,7 +80,7 @@ def render_batch(params, origin, size, eps_gate, eps_abs, eps_rel, eps_cusp, max
         fcor = np.empty((size + 1, size + 1))
         ucor = np.empty((size + 1, size + 1))
         vcor = np.empty((size + 1, size + 1))
-        mem = np.empty(NODE_MEM + NODE_SCRATCH)
+        mem = np.empty(node_mem_size(max_level))
         # a row of corners to sample, and sample_points' outputs and scratch
         row = vecmath.padded(size + 1)
         cols = np.empty(row, dtype=np.int64)

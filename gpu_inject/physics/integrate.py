@@ -70,8 +70,15 @@ NEAR_CUSP = 8.0
 # Samples of one node (3 x 3 children's corners, 4 children's centres), as stored in ``mem``.
 NODE_SAMPLES = 13
 NODE_MEM = 3 * NODE_SAMPLES  # float64 values of the scratch ``mem`` (f, u, v per sample)
-# ... and after them, where a build uses node_samples_batched, its 7 arrays of 8 values
-NODE_SCRATCH = 7 * 8
+# ... and after them, where a build uses node_samples_batched: the 7 arrays of its
+# sample_points (32 values each), then per level of the walk the samples of 4 siblings.
+NODE_SCRATCH = 7 * 32
+NODE_LEVEL = 4 * 24
+
+
+def node_mem_size(max_level):
+    """Length of the ``mem`` that node_samples_batched needs for walks to max_level."""
+    return NODE_MEM + NODE_SCRATCH + (max_level + 1) * NODE_LEVEL
 # Rule 4: a node with h^2 I(0) <= FLOOR (units of the source flux) is not split.
 FLOOR = 1e-6
 # Rule 0 (stencil_gate). |S4 - T| ~ h^2 |lap f| / 12 where rule 1's |M - T| is h^2 |lap f|
@@ -290,9 +297,10 @@ def node_points(x0, y0, h):
             x0 + 0.5 * g, y1 + 0.5 * g, x1 + 0.5 * g, y1 + 0.5 * g)
 
 
-def node_samples(x0, y0, h, p, mem):
+def node_samples(x0, y0, h, p, mem, level, cx, cy):
     """(f, u, v) of lensed_sample at each of the 8 node_points, in order. One function so
-    that the CPU build can put node_samples_batched in its place (``mem`` unused here)."""
+    that the CPU build can put node_samples_batched in its place (the other arguments are
+    for that one)."""
     t = node_points(x0, y0, h)
     f0, u0, v0 = lensed_sample(t[0], t[1], p)
     f1, u1, v1 = lensed_sample(t[2], t[3], p)
@@ -306,26 +314,38 @@ def node_samples(x0, y0, h, p, mem):
             f4, u4, v4, f5, u5, v5, f6, u6, v6, f7, u7, v7)
 
 
-def node_samples_batched(x0, y0, h, p, mem):
-    """node_samples through sample_points (each transcendental call on the 8 points at
-    once), its arrays in mem[NODE_MEM:NODE_MEM + NODE_SCRATCH]."""
-    t = node_points(x0, y0, h)
-    xs = mem[NODE_MEM:NODE_MEM + 8]
-    ys = mem[NODE_MEM + 8:NODE_MEM + 16]
-    fo = mem[NODE_MEM + 16:NODE_MEM + 24]
-    uo = mem[NODE_MEM + 24:NODE_MEM + 32]
-    vo = mem[NODE_MEM + 32:NODE_MEM + 40]
-    for k in range(8):
-        xs[k] = t[2 * k]
-        ys[k] = t[2 * k + 1]
-    sample_points(xs, ys, 8, p, fo, uo, vo, mem[NODE_MEM + 40:NODE_MEM + 48],
-                  mem[NODE_MEM + 48:NODE_MEM + 56])
-    return (fo[0], uo[0], vo[0], fo[1], uo[1], vo[1], fo[2], uo[2], vo[2],
-            fo[3], uo[3], vo[3], fo[4], uo[4], vo[4], fo[5], uo[5], vo[5],
-            fo[6], uo[6], vo[6], fo[7], uo[7], vo[7])
+def node_samples_batched(x0, y0, h, p, mem, level, cx, cy):
+    """node_samples through sample_points, each transcendental call made on many points at
+    once. Below the root the walk visits the 4 children of a node that split one after the
+    other, child (cx, cy) = (0, 0) first, and each needs its 8: that one samples the 32 of
+    all 4 and keeps them in ``mem`` (node_mem_size) at its level for the other 3 (their
+    descendants keep theirs at deeper levels)."""
+    at = NODE_MEM + NODE_SCRATCH + level * NODE_LEVEL
+    if level == 0 or (cx == 0 and cy == 0):
+        siblings = 1 if level == 0 else 4
+        w = NODE_MEM
+        xs = mem[w:w + 32]
+        ys = mem[w + 32:w + 64]
+        fo = mem[w + 64:w + 96]
+        uo = mem[w + 96:w + 128]
+        vo = mem[w + 128:w + 160]
+        for c in range(siblings):
+            t = node_points(x0 + (c & 1) * h, y0 + (c >> 1) * h, h)
+            for k in range(8):
+                xs[8 * c + k] = t[2 * k]
+                ys[8 * c + k] = t[2 * k + 1]
+        sample_points(xs, ys, 8 * siblings, p, fo, uo, vo, mem[w + 160:w + 192],
+                      mem[w + 192:w + 224])
+        for k in range(8 * siblings):
+            mem[at + 3 * k] = fo[k]
+            mem[at + 3 * k + 1] = uo[k]
+            mem[at + 3 * k + 2] = vo[k]
+    m = mem[at + 24 * (cx + 2 * cy):at + 24 * (cx + 2 * cy) + 24]
+    return (m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[8], m[9], m[10], m[11],
+            m[12], m[13], m[14], m[15], m[16], m[17], m[18], m[19], m[20], m[21], m[22], m[23])
 
 
-def node(x0, y0, h, p, eps_abs, eps_rel, eps_cusp, mem, known, cx, cy):
+def node(x0, y0, h, p, eps_abs, eps_rel, eps_cusp, mem, known, level, cx, cy):
     """Rules 2 and 3 on one quadtree node: (sum of the children's S5, split further).
 
     Its 13 samples: the 3 x 3 grid of its children's corners (f<row><col>, sample 3 row +
@@ -351,7 +371,8 @@ def node(x0, y0, h, p, eps_abs, eps_rel, eps_cusp, mem, known, cx, cy):
         f22, u22, v22 = lensed_sample(x2, y2, p)
         f11, u11, v11 = lensed_sample(x1, y1, p)
     (f01, u01, v01, f10, u10, v10, f12, u12, v12, f21, u21, v21,
-     ca, uca, vca, cb, ucb, vcb, cc, ucc, vcc, cd, ucd, vcd) = node_samples(x0, y0, h, p, mem)
+     ca, uca, vca, cb, ucb, vcb, cc, ucc, vcc, cd, ucd, vcd) = node_samples(x0, y0, h, p, mem,
+                                                                            level, cx, cy)
     parent = s5(h, f00, f02, f20, f22, f11)
     children = ((s5(g, f00, f01, f10, f11, ca) + s5(g, f01, f02, f11, f12, cb))
                 + (s5(g, f10, f11, f20, f21, cc) + s5(g, f11, f12, f21, f22, cd)))
@@ -513,7 +534,7 @@ def refine_pixel(x0, y0, p, eps_abs, eps_rel, eps_cusp, max_level, mem, known):
     while True:
         h = math.ldexp(1.0, -level)
         val, split = node(x0 + ix * h, y0 + iy * h, h, p, eps_abs, eps_rel, eps_cusp, mem,
-                          known, ix & 1, iy & 1)
+                          known, level, ix & 1, iy & 1)
         if split and level < max_level:
             level += 1
             ix *= 2
