@@ -95,9 +95,12 @@ def render_batch(params, origin, size, eps_gate, eps_abs, eps_rel, eps_cusp, max
         # division per pixel)
         # the 2 x 2 blocks of rule 0b holding a pixel that is not dark
         lit = np.zeros((half, half), dtype=np.bool_)
-        for j in range(size):
-            for i in range(size):
-                lit[j // 2, i // 2] |= not dark[cell[j], cell[i]]
+        for jb in range(half):
+            for ib in range(half):
+                j1 = min(2 * jb + 1, size - 1)
+                i1 = min(2 * ib + 1, size - 1)
+                lit[jb, ib] = not (dark[cell[2 * jb], cell[2 * ib]] and dark[cell[2 * jb], cell[i1]]
+                                   and dark[cell[j1], cell[2 * ib]] and dark[cell[j1], cell[i1]])
         # 1. the even corners that a lit block's stencil reads (rows and columns
         # 2 jb - 2 .. 2 jb + 4)
         need = np.zeros((size + 1, size + 1), dtype=np.bool_)

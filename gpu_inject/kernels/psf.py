@@ -113,8 +113,9 @@ def _wrapped_offsets(L, xp):
     return xp.where(i <= L // 2, i, i - L).astype(xp.float64)
 
 
-def _gaussian_transfer(fwhm, radius, L, xp):
-    """Transfer functions [m, L, L//2+1] (real) of the 2-D Gaussians of ``fwhm`` [m].
+def _gaussian_factors(fwhm, radius, L, xp):
+    """(gy [m, L], gx [m, L//2+1]), real: the 2-D Gaussians of ``fwhm`` [m] have transfer
+    functions gy[:, :, None] * gx[:, None, :].
 
     The 2-D kernel is g(dy) g(dx), so its 2-D DFT is the outer product of 1-D DFTs: an
     O(L) rfft per kernel instead of an O(L^2 log L) rfft2. The kernel is even, so its DFT
@@ -128,6 +129,12 @@ def _gaussian_transfer(fwhm, radius, L, xp):
     g = g / g.sum(axis=1, keepdims=True)
     gx = xp.fft.rfft(g, axis=1).real                                # [m, L//2+1]
     gy = xp.concatenate([gx, gx[:, 1:L - L // 2][:, ::-1]], axis=1)  # [m, L]
+    return gy, gx
+
+
+def _gaussian_transfer(fwhm, radius, L, xp):
+    """Transfer functions [m, L, L//2+1] (real) of the 2-D Gaussians of ``fwhm`` [m]."""
+    gy, gx = _gaussian_factors(fwhm, radius, L, xp)
     return gy[:, :, None] * gx[:, None, :]
 
 
@@ -164,8 +171,9 @@ def _to_host(a):
 
 
 def _fft(xp):
-    """(rfft2, irfft2) for xp: scipy.fft on the CPU, threaded over the machine's cores
-    (pocketfft, like numpy.fft, but it can use them all), xp.fft otherwise (cuFFT)."""
+    """(rfft2, irfft2, ifft over axis 1, irfft over axis 2 to length n) for xp: scipy.fft
+    on the CPU, threaded over the machine's cores (pocketfft, like numpy.fft, but it can use
+    them all), xp.fft otherwise (cuFFT)."""
     if xp is numpy:
         import os
 
@@ -173,8 +181,11 @@ def _fft(xp):
 
         workers = os.cpu_count() or 1
         return (lambda a: scipy.fft.rfft2(a, workers=workers),
-                lambda a, s: scipy.fft.irfft2(a, s=s, workers=workers))
-    return xp.fft.rfft2, lambda a, s: xp.fft.irfft2(a, s=s)
+                lambda a, s: scipy.fft.irfft2(a, s=s, workers=workers),
+                lambda a: scipy.fft.ifft(a, axis=1, workers=workers),
+                lambda a, n: scipy.fft.irfft(a, n=n, axis=2, workers=workers))
+    return (xp.fft.rfft2, lambda a, s: xp.fft.irfft2(a, s=s), lambda a: xp.fft.ifft(a, axis=1),
+            lambda a, n: xp.fft.irfft(a, n=n, axis=2))
 
 
 def convolve_crop(render, fwhm_px, stamp_size, margin, model="gaussian", beta=3.5, xp=numpy):
@@ -205,15 +216,24 @@ def convolve_crop(render, fwhm_px, stamp_size, margin, model="gaussian", beta=3.
     out = xp.empty((n, nb, S, S), dtype=xp.float64)
     crop = render[:, m:m + S, m:m + S]
     convolved = fwhm > 0
-    rfft2, irfft2 = _fft(xp)
+    rfft2, irfft2, ifft_y, irfft_x = _fft(xp)
     if convolved.any():
         spectrum = rfft2(render)  # once per stamp, shared by every band
     for b in range(nb):
         if convolved[:, b].any():
-            # in the render's precision: the engine hands float32 renders (see engine.py)
-            t = transfer_functions(fwhm[:, b], L, model, beta, xp).astype(render.dtype)
-            # t is real, so each product is two real multiplies: no FMA-dependent rounding.
-            out[:, b] = irfft2(spectrum * t, (L, L))[:, m:m + S, m:m + S]
+            # Transfer functions in the render's precision (the engine hands float32 renders,
+            # see engine.py) and real, so each product is two real multiplies: no
+            # FMA-dependent rounding.
+            if model == "gaussian":
+                # Separable: the inverse runs along y first, then only the S rows of the
+                # crop go along x, and the x factor is applied to those rows only.
+                gy, gx = _gaussian_factors(fwhm[:, b], psf_radius(fwhm[:, b]), L, xp)
+                rows = ifft_y(spectrum * gy.astype(render.dtype)[:, :, None])[:, m:m + S]
+                rows *= gx.astype(render.dtype)[:, None, :]
+                out[:, b] = irfft_x(rows, L)[:, :, m:m + S]
+            else:
+                t = transfer_functions(fwhm[:, b], L, model, beta, xp).astype(render.dtype)
+                out[:, b] = irfft2(spectrum * t, (L, L))[:, m:m + S, m:m + S]
         # A delta PSF is the identity: copy the crop itself rather than an FFT round trip.
         exact = numpy.flatnonzero(~convolved[:, b])
         if exact.size:
