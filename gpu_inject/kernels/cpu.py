@@ -12,12 +12,13 @@ from . import vecmath
 from ._jit import compile_physics, configure_numba_cache
 
 configure_numba_cache()
-# Vector math where this machine has it (vecmath), and the walk's nodes sampling their 8 new
-# points through it.
+# Vector math where this machine has it (vecmath), the walk's nodes sampling their new
+# points through it, and a place in ``mem`` per level of the walk.
 J = compile_physics(numba.njit(error_model="numpy"),
                     numba.njit(error_model="numpy", inline="always"),
                     {"lanes": vecmath.padded, "exp_all": vecmath.vexp, "log_all": vecmath.vlog,
-                     "atan_all": vecmath.vatan, "node_samples": "node_samples_batched"})
+                     "atan_all": vecmath.vatan, "node_samples": "node_samples_batched",
+                     "level_base": "level_base_kept"})
 lensed_sample = J.lensed_sample
 region_is_dark = J.region_is_dark
 block_gate = J.block_gate

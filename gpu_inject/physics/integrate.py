@@ -70,15 +70,30 @@ NEAR_CUSP = 8.0
 # Samples of one node (3 x 3 children's corners, 4 children's centres), as stored in ``mem``.
 NODE_SAMPLES = 13
 NODE_MEM = 3 * NODE_SAMPLES  # float64 values of the scratch ``mem`` (f, u, v per sample)
-# ... and after them, where a build uses node_samples_batched: the 7 arrays of its
-# sample_points (32 values each), then per level of the walk the samples of 4 siblings.
+# The CPU build keeps, per level of the walk, the samples of the last node that split there
+# and those that node_samples_batched took for the 4 children below it (4 x 8 samples),
+# after the 7 scratch arrays of its sample_points (32 values each).
 NODE_SCRATCH = 7 * 32
-NODE_LEVEL = 4 * 24
+NODE_LEVEL = NODE_MEM + 4 * 24
+
+
+def level_base(level):
+    """Where in ``mem`` a node of this level finds its parent's samples (and a node that
+    splits leaves its own, at level + 1): one place for all levels here (the CUDA build,
+    whose ``mem`` is a small local array); level_base_kept in the CPU build."""
+    return 0
+
+
+def level_base_kept(level):
+    """level_base with a place per level (node_mem_size), so that no node's samples are
+    overwritten by its descendants': every node finds its parent's."""
+    return NODE_SCRATCH + level * NODE_LEVEL
 
 
 def node_mem_size(max_level):
-    """Length of the ``mem`` that node_samples_batched needs for walks to max_level."""
-    return NODE_MEM + NODE_SCRATCH + (max_level + 1) * NODE_LEVEL
+    """Length of the ``mem`` that level_base_kept and node_samples_batched need for walks
+    to max_level."""
+    return NODE_SCRATCH + (max_level + 2) * NODE_LEVEL
 # Rule 4: a node with h^2 I(0) <= FLOOR (units of the source flux) is not split.
 FLOOR = 1e-6
 # Rule 0 (stencil_gate). |S4 - T| ~ h^2 |lap f| / 12 where rule 1's |M - T| is h^2 |lap f|
@@ -272,15 +287,15 @@ def gate(f00, f10, f01, f11, fc, eps_gate):
     return s5(1.0, f00, f10, f01, f11, fc), abs(fc - t) <= eps_gate
 
 
-def mem_put(mem, k, f, u, v):
-    """Store sample k (f, u, v) of a node in ``mem`` (float64[NODE_MEM])."""
-    mem[3 * k] = f
-    mem[3 * k + 1] = u
-    mem[3 * k + 2] = v
+def mem_put(mem, at, k, f, u, v):
+    """Store sample k (f, u, v) of a node in ``mem`` from index ``at`` (level_base)."""
+    mem[at + 3 * k] = f
+    mem[at + 3 * k + 1] = u
+    mem[at + 3 * k + 2] = v
 
 
-def mem_get(mem, k):
-    return mem[3 * k], mem[3 * k + 1], mem[3 * k + 2]
+def mem_get(mem, at, k):
+    return mem[at + 3 * k], mem[at + 3 * k + 1], mem[at + 3 * k + 2]
 
 
 def node_points(x0, y0, h):
@@ -318,12 +333,12 @@ def node_samples_batched(x0, y0, h, p, mem, level, cx, cy):
     """node_samples through sample_points, each transcendental call made on many points at
     once. Below the root the walk visits the 4 children of a node that split one after the
     other, child (cx, cy) = (0, 0) first, and each needs its 8: that one samples the 32 of
-    all 4 and keeps them in ``mem`` (node_mem_size) at its level for the other 3 (their
-    descendants keep theirs at deeper levels)."""
-    at = NODE_MEM + NODE_SCRATCH + level * NODE_LEVEL
+    all 4 and keeps them in ``mem`` at its level for the other 3 (their descendants keep
+    theirs at deeper levels): it needs level_base_kept's layout."""
+    at = level_base(level) + NODE_MEM
     if level == 0 or (cx == 0 and cy == 0):
         siblings = 1 if level == 0 else 4
-        w = NODE_MEM
+        w = 0
         xs = mem[w:w + 32]
         ys = mem[w + 32:w + 64]
         fo = mem[w + 64:w + 96]
@@ -349,21 +364,23 @@ def node(x0, y0, h, p, eps_abs, eps_rel, eps_cusp, mem, known, level, cx, cy):
     """Rules 2 and 3 on one quadtree node: (sum of the children's S5, split further).
 
     Its 13 samples: the 3 x 3 grid of its children's corners (f<row><col>, sample 3 row +
-    col in ``mem``) and its 4 children's centres (samples 9 + Morton index). When ``known``,
-    ``mem`` holds those of its parent, and this node is the parent's child (cx, cy): its
-    corners and centre are read from there, 8 samples are new. A node that splits leaves its
-    own 13 in ``mem`` for its children."""
+    col in ``mem`` from level_base) and its 4 children's centres (samples 9 + Morton
+    index). When ``known``, ``mem`` holds those of its parent at level_base(level), and this
+    node is the parent's child (cx, cy): its corners and centre are read from there, 8
+    samples are new (node_samples). A node that splits leaves its own 13 at
+    level_base(level + 1) for its children."""
     g = 0.5 * h
     x1 = x0 + g
     x2 = x0 + h
     y1 = y0 + g
     y2 = y0 + h
+    at = level_base(level)
     if known:
-        f00, u00, v00 = mem_get(mem, 3 * cy + cx)
-        f02, u02, v02 = mem_get(mem, 3 * cy + cx + 1)
-        f20, u20, v20 = mem_get(mem, 3 * cy + cx + 3)
-        f22, u22, v22 = mem_get(mem, 3 * cy + cx + 4)
-        f11, u11, v11 = mem_get(mem, 9 + cx + 2 * cy)
+        f00, u00, v00 = mem_get(mem, at, 3 * cy + cx)
+        f02, u02, v02 = mem_get(mem, at, 3 * cy + cx + 1)
+        f20, u20, v20 = mem_get(mem, at, 3 * cy + cx + 3)
+        f22, u22, v22 = mem_get(mem, at, 3 * cy + cx + 4)
+        f11, u11, v11 = mem_get(mem, at, 9 + cx + 2 * cy)
     else:
         f00, u00, v00 = lensed_sample(x0, y0, p)
         f02, u02, v02 = lensed_sample(x2, y0, p)
@@ -383,19 +400,20 @@ def node(x0, y0, h, p, eps_abs, eps_rel, eps_cusp, mem, known, level, cx, cy):
         split = must_split(x0, y0, h, u11, v11, u00, v00, u02, v02, u20, v20, u22, v22, p,
                            eps_cusp)
     if split:
-        mem_put(mem, 0, f00, u00, v00)
-        mem_put(mem, 1, f01, u01, v01)
-        mem_put(mem, 2, f02, u02, v02)
-        mem_put(mem, 3, f10, u10, v10)
-        mem_put(mem, 4, f11, u11, v11)
-        mem_put(mem, 5, f12, u12, v12)
-        mem_put(mem, 6, f20, u20, v20)
-        mem_put(mem, 7, f21, u21, v21)
-        mem_put(mem, 8, f22, u22, v22)
-        mem_put(mem, 9, ca, uca, vca)
-        mem_put(mem, 10, cb, ucb, vcb)
-        mem_put(mem, 11, cc, ucc, vcc)
-        mem_put(mem, 12, cd, ucd, vcd)
+        below = level_base(level + 1)
+        mem_put(mem, below, 0, f00, u00, v00)
+        mem_put(mem, below, 1, f01, u01, v01)
+        mem_put(mem, below, 2, f02, u02, v02)
+        mem_put(mem, below, 3, f10, u10, v10)
+        mem_put(mem, below, 4, f11, u11, v11)
+        mem_put(mem, below, 5, f12, u12, v12)
+        mem_put(mem, below, 6, f20, u20, v20)
+        mem_put(mem, below, 7, f21, u21, v21)
+        mem_put(mem, below, 8, f22, u22, v22)
+        mem_put(mem, below, 9, ca, uca, vca)
+        mem_put(mem, below, 10, cb, ucb, vcb)
+        mem_put(mem, below, 11, cc, ucc, vcc)
+        mem_put(mem, below, 12, cd, ucd, vcd)
     # Richardson's extrapolation of the O(h^4) rule; with it the node tolerances could be
     # 5 times looser (engine.Accuracy) for the same worst errors (see engine.Accuracy).
     return children + (children - parent) / 15.0, split
@@ -511,22 +529,25 @@ def pixel_value(fcor, ucor, vcor, j, i, x0, y0, p, eps_gate, eps_abs, eps_rel, e
     # The root node reads its corners and centre where a child reads them from its parent's
     # samples: child (0, 0) of a parent whose 3 x 3 grid has this pixel's corners at 0, 1,
     # 3, 4 and whose first child-centre (9) is this pixel's centre.
-    mem_put(mem, 0, f00, u00, v00)
-    mem_put(mem, 1, f10, u10, v10)
-    mem_put(mem, 3, f01, u01, v01)
-    mem_put(mem, 4, f11, u11, v11)
-    mem_put(mem, 9, fc, uc, vc)
+    root = level_base(0)
+    mem_put(mem, root, 0, f00, u00, v00)
+    mem_put(mem, root, 1, f10, u10, v10)
+    mem_put(mem, root, 3, f01, u01, v01)
+    mem_put(mem, root, 4, f11, u11, v11)
+    mem_put(mem, root, 9, fc, uc, vc)
     return refine_pixel(x0, y0, p, eps_abs, eps_rel, eps_cusp, max_level, mem, True)
 
 
 def refine_pixel(x0, y0, p, eps_abs, eps_rel, eps_cusp, max_level, mem, known):
     """Integral over the unit pixel with lower corner (x0, y0), by the quadtree walk.
 
-    ``mem``: float64[NODE_MEM] scratch (the loops own it: an array per thread on the
-    CPU, a local array on the GPU). A node reuses its parent's samples when ``mem`` still
-    holds them: always for a first child, for later ones when their elder siblings were
-    leaves (the common case near the bottom of the tree). ``known``: ``mem`` already holds
-    the pixel's own corners and centre, laid out as ``pixel_value`` puts them."""
+    ``mem``: float64 scratch (the loops own it: a local array of NODE_MEM on the GPU, an
+    array of node_mem_size per thread on the CPU). A node reuses its parent's samples when
+    ``mem`` still holds them: always with the CPU's level_base_kept; with one place for all
+    levels, for a first child, and for later ones when their elder siblings were leaves
+    (the common case near the bottom of the tree). ``known``: ``mem`` already holds the
+    pixel's own corners and centre, laid out as ``pixel_value`` puts them."""
+    kept = level_base(1) != level_base(0)   # no node's samples are ever overwritten
     total = 0.0
     level = 0
     ix = 0
@@ -543,7 +564,7 @@ def refine_pixel(x0, y0, p, eps_abs, eps_rel, eps_cusp, max_level, mem, known):
             continue
         total += val
         if split:
-            known = False  # it overwrote its parent's samples
+            known = kept  # it overwrote its parent's samples, unless kept
         # next node: the next sibling, else the parent's next sibling, ...
         while level > 0:
             child = (ix & 1) | ((iy & 1) << 1)
@@ -560,6 +581,6 @@ def refine_pixel(x0, y0, p, eps_abs, eps_rel, eps_cusp, max_level, mem, known):
             ix >>= 1
             iy >>= 1
             level -= 1
-            known = False  # mem holds a descendant's samples, not this parent's
+            known = kept  # mem holds a descendant's samples, unless kept
         if level == 0:
             return total
