@@ -31,7 +31,7 @@ PHYSICS = (
     integrate.node_samples_batched, integrate.node_samples, integrate.node,
     integrate.refine_pixel, integrate.cubic_rule, integrate.cubic_row, integrate.half_rule,
     integrate.half_row, integrate.stencil_value, integrate.stencil_gate, integrate.block_gate,
-    integrate.block_pixel, integrate.pixel_value,
+    integrate.block_pixel, integrate.pixel_from_centre, integrate.pixel_value,
 )
 METRICS = (
     metrics.snr_flux, metrics.snr_var, metrics.snr, metrics.opt_term, metrics.invvar_bad,
@@ -49,7 +49,7 @@ def _constants():
 
 # Called once per pixel, too big (it holds the walk) for LLVM to inline: targets whose calls
 # cost (the CPU: 0.1 ms per 64x64 stamp when it was measured) compile it to be inlined.
-INLINED = ("pixel_value",)
+INLINED = ("pixel_from_centre", "pixel_value")
 
 
 def compile_physics(decorate, decorate_inlined=None, replace=None):

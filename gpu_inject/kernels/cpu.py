@@ -23,7 +23,8 @@ lensed_sample = J.lensed_sample
 region_is_dark = J.region_is_dark
 block_gate = J.block_gate
 block_pixel = J.block_pixel
-pixel_value = J.pixel_value
+stencil_gate = J.stencil_gate
+pixel_from_centre = J.pixel_from_centre
 sample_points = J.sample_points
 node_mem_size = J.node_mem_size
 
@@ -60,8 +61,8 @@ def render_batch(params, origin, size, eps_gate, eps_abs, eps_rel, eps_cusp, max
     other pixel is the same bit for bit). The corners of every other pixel come from a grid
     shared between neighbours, sampled in two passes: the corners at even indices, which
     rule 0b (``block_gate``) reads, then the others where a pixel of a block it refused
-    reads them (its 4 x 4 stencil in ``pixel_value``, which adds its centre and walks the
-    pixels the gates refuse).
+    reads them (its 4 x 4 stencil, rule 0's, then its centre and the walk if the gates
+    refuse it: ``pixel_value``'s steps, the centres of a row sampled together).
     """
     n = params.shape[0]
     b = max(block, 1)
@@ -92,6 +93,8 @@ def render_batch(params, origin, size, eps_gate, eps_abs, eps_rel, eps_cusp, max
         vo = np.empty(row)
         t1 = np.empty(row)
         t2 = np.empty(row)
+        s4s = np.empty(row)   # rule 0's S4 of a row's pixels that go on from their centres
+        stencils = np.empty(row, dtype=np.bool_)
         cell = np.arange(size) // b   # a pixel's dark block (b is not a constant: no
         # division per pixel)
         # the 2 x 2 blocks of rule 0b holding a pixel that is not dark
@@ -136,14 +139,33 @@ def render_batch(params, origin, size, eps_gate, eps_abs, eps_rel, eps_cusp, max
         for j in range(size + 1):
             _sample_row(fcor, ucor, vcor, j, need, 0, 1, size, ox, oy, p, cols, xs, ys, fo, uo,
                         vo, t1, t2)
+        # 4. each pixel: 0 if dark, rule 0b's value if its block was accepted, else rule 0;
+        # the pixels rule 0 refuses go on from their centres, sampled a row at a time
         for j in range(size):
             y0 = j - 0.5 - oy
+            n_row = 0
             for i in range(size):
                 if dark[cell[j], cell[i]]:
                     out[k, j, i] = 0.0
                 elif accepted[j // 2, i // 2]:
                     out[k, j, i] = block_pixel(fcor, j, i)
                 else:
-                    out[k, j, i] = pixel_value(fcor, ucor, vcor, j, i, i - 0.5 - ox, y0, p,
-                                               eps_gate, eps_abs, eps_rel, eps_cusp, max_level,
-                                               mem)
+                    x0 = i - 0.5 - ox
+                    s4, stencil, ok = stencil_gate(fcor, ucor, vcor, j, i, 1, x0, y0, p,
+                                                   eps_gate)
+                    if ok:
+                        out[k, j, i] = s4
+                    else:
+                        cols[n_row] = i
+                        xs[n_row] = x0 + 0.5
+                        ys[n_row] = y0 + 0.5
+                        s4s[n_row] = s4
+                        stencils[n_row] = stencil
+                        n_row += 1
+            sample_points(xs, ys, n_row, p, fo, uo, vo, t1, t2)
+            for c in range(n_row):
+                i = cols[c]
+                out[k, j, i] = pixel_from_centre(fcor, ucor, vcor, j, i, i - 0.5 - ox, y0, p,
+                                                 s4s[c], stencils[c], fo[c], uo[c], vo[c],
+                                                 eps_gate, eps_abs, eps_rel, eps_cusp,
+                                                 max_level, mem)

@@ -509,17 +509,26 @@ def pixel_value(fcor, ucor, vcor, j, i, x0, y0, p, eps_gate, eps_abs, eps_rel, e
                 max_level, mem):
     """Integral over the unit pixel with lower corner (x0, y0), whose corners are
     fcor/ucor/vcor[j:j+2, i:i+2] on a grid of corner samples: rule 0 (reading the
-    neighbours' corners too), else rule 1 with its centre, else the quadtree walk, whose
-    root reuses these 5 samples. The CPU and CUDA loops differ only in how they fill the
-    corner grid."""
+    neighbours' corners too), else pixel_from_centre. The CUDA loop calls this; the CPU
+    loop calls stencil_gate and pixel_from_centre itself, to sample the centres of a row
+    of pixels together."""
     s4, stencil, ok = stencil_gate(fcor, ucor, vcor, j, i, 1, x0, y0, p, eps_gate)
     if ok:
         return s4
+    fc, uc, vc = lensed_sample(x0 + 0.5, y0 + 0.5, p)
+    return pixel_from_centre(fcor, ucor, vcor, j, i, x0, y0, p, s4, stencil, fc, uc, vc,
+                             eps_gate, eps_abs, eps_rel, eps_cusp, max_level, mem)
+
+
+def pixel_from_centre(fcor, ucor, vcor, j, i, x0, y0, p, s4, stencil, fc, uc, vc, eps_gate,
+                      eps_abs, eps_rel, eps_cusp, max_level, mem):
+    """pixel_value after rule 0 (its S4 and whether there was a stencil), given the sample
+    (fc, uc, vc) at the pixel's centre: rule 1 with it, else the quadtree walk, whose root
+    reuses these 5 samples."""
     f00, u00, v00 = fcor[j, i], ucor[j, i], vcor[j, i]
     f10, u10, v10 = fcor[j, i + 1], ucor[j, i + 1], vcor[j, i + 1]
     f01, u01, v01 = fcor[j + 1, i], ucor[j + 1, i], vcor[j + 1, i]
     f11, u11, v11 = fcor[j + 1, i + 1], ucor[j + 1, i + 1], vcor[j + 1, i + 1]
-    fc, uc, vc = lensed_sample(x0 + 0.5, y0 + 0.5, p)
     s, ok = gate(f00, f10, f01, f11, fc, eps_gate)
     # rule 1b: S4 and S5 are two rules of order h^4 on different samples; when they agree
     # the pixel needs no walk either
