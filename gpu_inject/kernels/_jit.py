@@ -23,7 +23,7 @@ PHYSICS = (
     sersic.sersic_profile_r2, sersic.sersic_profile,
     integrate.source_offset, integrate.lensed_sample, integrate.lanes, integrate.exp_all,
     integrate.log_all, integrate.atan_all, integrate.sample_points, integrate.lens_distance2,
-    integrate.region_is_dark,
+    integrate.region_centre, integrate.region_is_dark_from, integrate.region_is_dark,
     integrate.source_distance2, integrate.must_split, integrate.s5,
     integrate.gate, integrate.level_base_kept, integrate.level_base, integrate.node_mem_size,
     integrate.mem_put, integrate.mem_get,

@@ -20,7 +20,8 @@ J = compile_physics(numba.njit(error_model="numpy"),
                      "atan_all": vecmath.vatan, "node_samples": "node_samples_batched",
                      "level_base": "level_base_kept"})
 lensed_sample = J.lensed_sample
-region_is_dark = J.region_is_dark
+region_centre = J.region_centre
+region_is_dark_from = J.region_is_dark_from
 block_gate = J.block_gate
 block_pixel = J.block_pixel
 stencil_gate = J.stencil_gate
@@ -72,18 +73,11 @@ def render_batch(params, origin, size, eps_gate, eps_abs, eps_rel, eps_cusp, max
         p = params[k]
         ox = origin[k, 0]
         oy = origin[k, 1]
-        dark = np.zeros((nblock, nblock), dtype=np.bool_)
-        if block > 0:
-            for bj in range(nblock):
-                for bi in range(nblock):
-                    dark[bj, bi] = region_is_dark(
-                        bi * b - 0.5 - ox, bj * b - 0.5 - oy,
-                        min(bi * b + b, size) - 0.5 - ox, min(bj * b + b, size) - 0.5 - oy, p)
         fcor = np.empty((size + 1, size + 1))
         ucor = np.empty((size + 1, size + 1))
         vcor = np.empty((size + 1, size + 1))
         mem = np.empty(node_mem_size(max_level))
-        # a row of corners to sample, and sample_points' outputs and scratch
+        # a row of points to sample, and sample_points' outputs and scratch
         row = vecmath.padded(size + 1)
         cols = np.empty(row, dtype=np.int64)
         xs = np.empty(row)
@@ -95,6 +89,20 @@ def render_batch(params, origin, size, eps_gate, eps_abs, eps_rel, eps_cusp, max
         t2 = np.empty(row)
         s4s = np.empty(row)   # rule 0's S4 of a row's pixels that go on from their centres
         stencils = np.empty(row, dtype=np.bool_)
+        # 0. the dark blocks, from a sample at each one's centre, a row of blocks at a time
+        dark = np.zeros((nblock, nblock), dtype=np.bool_)
+        if block > 0:
+            for bj in range(nblock):
+                y_lo = bj * b - 0.5 - oy
+                y_hi = min(bj * b + b, size) - 0.5 - oy
+                for bi in range(nblock):
+                    xs[bi], ys[bi] = region_centre(bi * b - 0.5 - ox, y_lo,
+                                                   min(bi * b + b, size) - 0.5 - ox, y_hi)
+                sample_points(xs, ys, nblock, p, fo, uo, vo, t1, t2)
+                for bi in range(nblock):
+                    dark[bj, bi] = region_is_dark_from(bi * b - 0.5 - ox, y_lo,
+                                                       min(bi * b + b, size) - 0.5 - ox, y_hi,
+                                                       p, uo[bi], vo[bi])
         cell = np.arange(size) // b   # a pixel's dark block (b is not a constant: no
         # division per pixel)
         # the 2 x 2 blocks of rule 0b holding a pixel that is not dark

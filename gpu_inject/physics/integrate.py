@@ -230,6 +230,19 @@ def region_is_dark(x_lo, y_lo, x_hi, y_hi, p):
       * must_split's reach of a cell inside is at most K sqrt(1/2) / sqrt(q_src), and it
         refines only cells whose centre lies within CUSP_REACH reaches of the source.
     The 1e-9 margins cover the rounding of the bound itself."""
+    cx, cy = region_centre(x_lo, y_lo, x_hi, y_hi)
+    _, u, v = lensed_sample(cx, cy, p)
+    return region_is_dark_from(x_lo, y_lo, x_hi, y_hi, p, u, v)
+
+
+def region_centre(x_lo, y_lo, x_hi, y_hi):
+    """The centre of the rectangle, where region_is_dark samples."""
+    return x_lo + 0.5 * (x_hi - x_lo), y_lo + 0.5 * (y_hi - y_lo)
+
+
+def region_is_dark_from(x_lo, y_lo, x_hi, y_hi, p, u, v):
+    """region_is_dark given the source-plane offset (u, v) at region_centre (so that the
+    CPU loop can sample a row of rectangles together)."""
     r_min = math.sqrt(lens_distance2(x_lo, y_lo, x_hi, y_hi))
     if r_min <= 0.0 or p[P_SRC_R2CUT] < 0.0:
         return False
@@ -238,7 +251,6 @@ def region_is_dark(x_lo, y_lo, x_hi, y_hi, p):
     stretch = k / math.sqrt(p[P_SRC_Q])
     half_x = 0.5 * (x_hi - x_lo)
     half_y = 0.5 * (y_hi - y_lo)
-    _, u, v = lensed_sample(x_lo + half_x, y_lo + half_y, p)
     r_low = (math.sqrt(elliptical_radius2(u, v, p[P_SRC_Q], p[P_SRC_COS], p[P_SRC_SIN]))
              - stretch * math.sqrt(half_x * half_x + half_y * half_y))
     need = max(math.sqrt(p[P_SRC_R2CUT]), CUSP_REACH * stretch * math.sqrt(0.5))
