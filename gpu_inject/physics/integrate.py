@@ -289,7 +289,7 @@ def source_distance2(uc, vc, u00, v00, u10, v10, u01, v01, u11, v11, p):
 
 def s5(h, f00, f10, f01, f11, fc):
     """h^2 (2 M + T) / 3."""
-    return h * h * (2.0 * fc + 0.25 * ((f00 + f10) + (f01 + f11))) / 3.0
+    return h * h * (2.0 * fc + 0.25 * ((f00 + f10) + (f01 + f11))) * (1.0 / 3.0)
 
 
 def gate(f00, f10, f01, f11, fc, eps_gate):
@@ -428,13 +428,13 @@ def node(x0, y0, h, p, eps_abs, eps_rel, eps_cusp, mem, known, level, cx, cy):
         mem_put(mem, below, 12, cd, ucd, vcd)
     # Richardson's extrapolation of the O(h^4) rule; with it the node tolerances could be
     # 5 times looser (engine.Accuracy) for the same worst errors (see engine.Accuracy).
-    return children + (children - parent) / 15.0, split
+    return children + (children - parent) * (1.0 / 15.0), split
 
 
 def cubic_rule(f0, f1, f2, f3):
     """(-f0 + 13 f1 + 13 f2 - f3) / 24: the integral over [0, 1] of the cubic through samples
     at -1, 0, 1, 2 (exact for cubics)."""
-    return (13.0 * (f1 + f2) - (f0 + f3)) / 24.0
+    return (13.0 * (f1 + f2) - (f0 + f3)) * (1.0 / 24.0)
 
 
 def half_rule(f0, f1, f2, f3, half):
@@ -443,8 +443,8 @@ def half_rule(f0, f1, f2, f3, half):
     weights are the integrals of the Lagrange basis polynomials; the halves add up to
     twice cubic_rule."""
     if half == 1:
-        return (155.0 * f2 + 53.0 * f1 - (9.0 * f3 + 7.0 * f0)) / 192.0
-    return (155.0 * f1 + 53.0 * f2 - (9.0 * f0 + 7.0 * f3)) / 192.0
+        return (155.0 * f2 + 53.0 * f1 - (9.0 * f3 + 7.0 * f0)) * (1.0 / 192.0)
+    return (155.0 * f1 + 53.0 * f2 - (9.0 * f0 + 7.0 * f3)) * (1.0 / 192.0)
 
 
 def cubic_row(fcor, j, i, step):
