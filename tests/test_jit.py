@@ -1,4 +1,5 @@
-"""Where Numba's on-disk cache goes: keyed by the source hash, never an unwritable place."""
+"""Where Numba's on-disk cache goes: keyed by the source hash and the vector width, under
+NUMBA_CACHE_DIR when set, never an unwritable place."""
 import tempfile
 from pathlib import Path
 
@@ -19,6 +20,11 @@ def test_cache_dir_is_keyed_by_sources_and_falls_back_when_unwritable(monkeypatc
         monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
         got = Path(_jit.configure_numba_cache())
         assert got.parent.parent == Path(tempfile.gettempdir()) and got.is_dir()
+        # a user's NUMBA_CACHE_DIR is where it goes, keyed the same way
+        monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "mine"))
+        got = Path(_jit.configure_numba_cache())
+        assert got == (tmp_path / "mine" / "gpu_inject"
+                       / f"numba-{_jit.source_hash()}-w{vecmath.WIDTH}")
     finally:
         numba.config.CACHE_DIR = before
 

@@ -103,18 +103,19 @@ def source_hash(root=None):
 
 def configure_numba_cache():
     """Point numba's on-disk cache at a directory keyed by the source hash and the vector
-    math in use (unless the user chose NUMBA_CACHE_DIR): a kernel compiled to call libmvec
-    must not be loaded where it is off (vecmath)."""
+    math in use, under NUMBA_CACHE_DIR when the user set it, else XDG_CACHE_HOME (~/.cache),
+    else the temporary directory. Numba itself only checks the file of the kernel it caches,
+    not the physics inlined into it, and a kernel compiled to call libmvec must not be
+    loaded where that is off (vecmath)."""
     import tempfile
 
     import numba
 
     from . import vecmath
 
-    if os.environ.get("NUMBA_CACHE_DIR"):
-        return numba.config.CACHE_DIR
     name = f"gpu_inject/numba-{source_hash()}-w{vecmath.WIDTH}"
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    base = Path(os.environ.get("NUMBA_CACHE_DIR") or os.environ.get("XDG_CACHE_HOME")
+                or Path.home() / ".cache")
     for root in (base, Path(tempfile.gettempdir())):  # e.g. a read-only HOME on an executor
         path = root / name
         try:
