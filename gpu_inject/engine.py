@@ -88,11 +88,11 @@ class CpuBackend:
     overlap_psf = True
 
     def __init__(self):
-        from .kernels import cpu, psf, reduce
+        from .kernels import cpu, psf, reduce, vecmath
 
         self._cpu, self._psf, self.reduce = cpu, psf, reduce
         _keep_freed_heap()
-        self.device = f"CPU, {numba.get_num_threads()} Numba threads"
+        self.device = f"CPU, {numba.get_num_threads()} Numba threads, {vecmath.MODE}"
         self.why = "asked for"
 
     def to_device(self, a):
