@@ -111,7 +111,8 @@ def render_batch(params, origin, size, eps_gate, eps_abs, eps_rel, eps_cusp, max
             for ib in range(half):
                 j1 = min(2 * jb + 1, size - 1)
                 i1 = min(2 * ib + 1, size - 1)
-                lit[jb, ib] = not (dark[cell[2 * jb], cell[2 * ib]] and dark[cell[2 * jb], cell[i1]]
+                lit[jb, ib] = not (dark[cell[2 * jb], cell[2 * ib]]
+                                   and dark[cell[2 * jb], cell[i1]]
                                    and dark[cell[j1], cell[2 * ib]] and dark[cell[j1], cell[i1]])
         # 1. the even corners that a lit block's stencil reads (rows and columns
         # 2 jb - 2 .. 2 jb + 4)

@@ -142,8 +142,9 @@ def source_offset(x, y, xp, yp, psi, p, atan_ft, log_ratio):
 
 
 # Vector math of sample_points: a[:n] = exp(a[:n]) etc. and the count a call covers. Plain
-# loops here (the reference and the CUDA build); the CPU build puts kernels/vecmath.py's in
-# their place, which make one libmvec call per 8 values.
+# loops here, which say what they do; the CPU build (the one that calls sample_points) puts
+# kernels/vecmath.py's in their place, which make one libmvec call per 8 values. Compiled,
+# log(0) is -inf (sample_points relies on it at R = 0); Python's math.log raises there.
 def lanes(n):
     """n rounded up to the vector width (1 here)."""
     return n
