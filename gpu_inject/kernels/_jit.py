@@ -14,7 +14,7 @@ from ..physics import integrate, layout, lens, metrics, sersic
 
 # In call order: a function's callees come before it.
 PHYSICS = (
-    lens.atan_over_f_from, lens.atanh_over_f_from, lens.atan_over_f, lens.atanh_over_f,
+    lens.atan_over_f_from, lens.atanh_over_f_from,
     lens.sie_rotated, lens.sie_arguments, lens.sie_transcendentals, lens.sie_deflection_from,
     lens.sie_deflection_bf, lens.sie_deflection, lens.shear_deflection, lens.ray_shoot_from,
     lens.ray_shoot_bf, lens.ray_shoot,

@@ -227,7 +227,7 @@ def convolve_crop(render, fwhm_px, stamp_size, margin, model="gaussian", beta=3.
             if model == "gaussian":
                 # Separable: the inverse runs along y first, then only the S rows of the
                 # crop go along x, and the x factor is applied to those rows only.
-                gy, gx = _gaussian_factors(fwhm[:, b], psf_radius(fwhm[:, b]), L, xp)
+                gy, gx = _gaussian_factors(fwhm[:, b], radius[:, b], L, xp)
                 rows = ifft_y(spectrum * gy.astype(render.dtype)[:, :, None])[:, m:m + S]
                 rows *= gx.astype(render.dtype)[:, None, :]
                 out[:, b] = irfft_x(rows, L)[:, :, m:m + S]

@@ -351,23 +351,19 @@ def node_samples_batched(x0, y0, h, p, mem, level, cx, cy):
     at = level_base(level) + NODE_MEM
     if level == 0 or (cx == 0 and cy == 0):
         siblings = 1 if level == 0 else 4
-        w = 0
-        xs = mem[w:w + 32]
-        ys = mem[w + 32:w + 64]
-        fo = mem[w + 64:w + 96]
-        uo = mem[w + 96:w + 128]
-        vo = mem[w + 128:w + 160]
+        xs = mem[0:32]   # the NODE_SCRATCH at the start of mem: 7 arrays of 32
+        ys = mem[32:64]
+        fo = mem[64:96]
+        uo = mem[96:128]
+        vo = mem[128:160]
         for c in range(siblings):
             t = node_points(x0 + (c & 1) * h, y0 + (c >> 1) * h, h)
             for k in range(8):
                 xs[8 * c + k] = t[2 * k]
                 ys[8 * c + k] = t[2 * k + 1]
-        sample_points(xs, ys, 8 * siblings, p, fo, uo, vo, mem[w + 160:w + 192],
-                      mem[w + 192:w + 224])
+        sample_points(xs, ys, 8 * siblings, p, fo, uo, vo, mem[160:192], mem[192:224])
         for k in range(8 * siblings):
-            mem[at + 3 * k] = fo[k]
-            mem[at + 3 * k + 1] = uo[k]
-            mem[at + 3 * k + 2] = vo[k]
+            mem_put(mem, at, k, fo[k], uo[k], vo[k])
     m = mem[at + 24 * (cx + 2 * cy):at + 24 * (cx + 2 * cy) + 24]
     return (m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[8], m[9], m[10], m[11],
             m[12], m[13], m[14], m[15], m[16], m[17], m[18], m[19], m[20], m[21], m[22], m[23])

@@ -34,18 +34,6 @@ def atanh_over_f_from(t, f, log_ratio):
     return 0.5 * log_ratio / f
 
 
-def atan_over_f(t, f):
-    """arctan(f t) / f, continuous through f -> 0 (limit t)."""
-    return atan_over_f_from(t, f, math.atan(f * t) if f >= SIE_SERIES_F else 0.0)
-
-
-def atanh_over_f(t, f):
-    """arctanh(f t) / f, continuous through f -> 0 (limit t). Needs |f t| < 1."""
-    z = f * t
-    return atanh_over_f_from(t, f, math.log((1.0 + z) / (1.0 - z)) if f >= SIE_SERIES_F
-                             else 0.0)
-
-
 def sie_deflection(x, y, theta_e, q, cos_phi, sin_phi):
     """Deflection of an SIE centred on the origin, major axis at angle phi from +x.
 
