@@ -28,4 +28,5 @@ python benchmarks/pipeline_speed.py --bricks 72 --per-brick 60 --repeats 3 --no-
 gpu-inject bench --backend all --project-manifest 10627158,180152 --executors 30 \
     --json "$out-projection.json"
 python benchmarks/render_profile.py
+python benchmarks/engine_stages.py
 python benchmarks/report.py benchmarks/results
