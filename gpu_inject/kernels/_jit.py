@@ -49,9 +49,8 @@ def _constants():
 
 # Compiled to be inlined where the target's calls cost (the CPU): LLVM's inliner leaves these
 # calls in (big callees, or many array arguments, each passed as 7 values), and a call per
-# pixel, block or node was a quarter of the render. Render, 1 thread, 512 draws, bit for bit
-# the same: only pixel_value inlined, 0.42 ms/stamp; with stencil_gate, block_gate and
-# block_pixel, 0.32; with the rest, 0.28. The CPU's first compile takes 38 s instead of 16.
+# pixel, block or node cost about a third of the render (bit for bit the same either way;
+# the A/B is in commit cd2646c's message). The price is a longer first compile.
 INLINED = ("pixel_from_centre", "pixel_value", "stencil_gate", "block_gate", "block_pixel",
            "node", "node_samples_batched", "sample_points", "must_split", "region_is_dark_from",
            "source_distance2", "gate", "stencil_value", "refine_pixel", "lensed_sample")
