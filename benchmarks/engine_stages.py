@@ -1,9 +1,7 @@
 """Where the CPU engine's wall time goes on one batch, with every Numba thread: the render
-alone, the render with the PSF overlapped (``engine.iter_arcs``, the PSF and array passes of
-a chunk in a worker thread while the next chunk renders), the whole ``inject_batch`` (plus
-injection and metrics), and the PSF convolution alone (``convolve_crop``, float32, as
-iter_arcs runs it). When the second is well above the first, the PSF worker, not the render,
-sets the pace.
+alone, the render and the PSF (``engine.iter_arcs``: each chunk rendered, then convolved and
+scaled by ``psf_cpu``), the whole ``inject_batch`` (plus injection and metrics), and the PSF
+alone (``CpuBackend.psf_arcs`` on the same chunks' renders).
 
     NUMBA_NUM_THREADS=2 python benchmarks/engine_stages.py [--stamps 1024] [--repeats 5]
 
@@ -50,11 +48,11 @@ def main(argv=None):
         return [be.render(np.ascontiguousarray(params[idx]), offset[idx] + m + S // 2, size,
                           engine.DEFAULT_ACCURACY) for idx, m, size in chunks]
 
-    renders = [r.astype(np.float32) for r in render()]
+    renders = render()
 
     def psf():
         for (idx, m, _), r in zip(chunks, renders):
-            be.convolve_crop(r, fwhm_px[idx], S, m, "gaussian", 3.5)
+            be.psf_arcs(r, fwhm_px[idx], flux[idx], S, m, "gaussian", 3.5)
 
     def arcs():
         for _ in engine.iter_arcs(be, params, flux, fwhm_px, offset, S, "gaussian", 3.5):
@@ -65,9 +63,9 @@ def main(argv=None):
                             bands="grz", lens_offset=offset)
 
     print(f"{n} stamps 64x64 grz, {be.device}, chunks of {be.chunk}, medians of {a.repeats}")
-    for name, fn in (("render alone", render), ("render + PSF overlapped (iter_arcs)", arcs),
+    for name, fn in (("render alone", render), ("render + PSF (iter_arcs)", arcs),
                      ("inject_batch (+ injection, metrics)", whole),
-                     ("PSF convolution alone", psf)):
+                     ("PSF alone (psf_arcs)", psf)):
         fn()
         times = []
         for _ in range(a.repeats):

@@ -3,11 +3,10 @@
 One interface, two backends: ``CpuBackend`` (Numba loops on this machine's cores) and
 ``GpuBackend`` (Numba CUDA kernels on CuPy arrays, cuFFT), each with ``xp`` (its array
 module), ``chunk``, ``reduce`` (its metric kernels), ``to_device``/``to_host``, ``render``
-and ``convolve_crop``. ``auto`` picks the GPU when one works and says why.
+and ``psf_arcs``. ``auto`` picks the GPU when one works and says why.
 """
 import inspect
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numba
@@ -84,13 +83,11 @@ class CpuBackend:
     # Stamps rendered and convolved together: bounds the float64 temporaries (render grid,
     # FFT spectra: ~1 MB per stamp) whatever the batch size, and keeps them near the caches.
     chunk = 128
-    # iter_arcs convolves a chunk in a worker thread while the next one renders
-    overlap_psf = True
 
     def __init__(self):
-        from .kernels import cpu, psf, reduce, vecmath
+        from .kernels import cpu, psf, psf_cpu, reduce, vecmath
 
-        self._cpu, self._psf, self.reduce = cpu, psf, reduce
+        self._cpu, self._psf, self._psf_cpu, self.reduce = cpu, psf, psf_cpu, reduce
         _keep_freed_heap()
         self.device = f"CPU, {numba.get_num_threads()} Numba threads, {vecmath.MODE}"
         self.why = "asked for"
@@ -116,6 +113,12 @@ class CpuBackend:
         return self._psf.convolve_crop(render, fwhm_px, stamp_size, margin, model=model,
                                        beta=beta, xp=np)
 
+    def psf_arcs(self, render, fwhm_px, flux, stamp_size, margin, model, beta):
+        """(images float32 [m, B, S, S], total float64 [m, B]): a chunk's renders through
+        each band's PSF, scaled by its flux (``psf_cpu``, one stamp per thread)."""
+        return self._psf_cpu.convolve_scale(render, fwhm_px, flux, stamp_size, margin,
+                                            model=model, beta=beta)
+
 
 def _one_line(exc):
     msg = " ".join(str(exc).split())
@@ -133,7 +136,6 @@ class GpuBackend:
     Under Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``, no GPU) the same code runs on
     numpy arrays: that is how CI tests it. ``auto`` never picks the simulator."""
     name = "gpu"
-    overlap_psf = False   # the device orders its work itself (streams)
 
     def __init__(self):
         from numba import config, cuda
@@ -297,6 +299,17 @@ class GpuBackend:
         self._fft_done = stream.record()
         return out
 
+    def psf_arcs(self, render, fwhm_px, flux, stamp_size, margin, model, beta):
+        """(images float32 [m, B, S, S], total float64 [m, B]) on the device: a chunk's
+        renders through each band's PSF (cuFFT), scaled by its flux."""
+        xp = self.xp
+        # The PSF in float32: the stamps are float32 (SPEC 4), and a float32 FFT's
+        # rounding, ~1e-7 of a stamp's peak, is below theirs. Sums stay float64.
+        conv = self.convolve_crop(render.astype(xp.float32), fwhm_px, stamp_size, margin,
+                                  model, beta)
+        conv *= xp.asarray(flux)[:, :, None, None]
+        return conv.astype(xp.float32), conv.sum(axis=(2, 3))
+
 
 def get_backend(name="auto"):
     """The backend called ``name`` (cpu, gpu, auto), or BackendUnavailable saying why not.
@@ -337,7 +350,6 @@ def iter_arcs(backend, params, flux, fwhm_px, origin_offset, stamp_size, psf_mod
     origin_offset [n, 2]: lens centre minus (S//2, S//2), pixels. The render grid size
     depends only on each stamp's own PSF, and every stamp is computed from its own inputs
     only: results do not depend on what else is in the batch."""
-    xp = backend.xp
     s = stamp_size
     sizes, margins = render_size(s, fwhm_px.max(axis=1, initial=0.0))
 
@@ -353,29 +365,12 @@ def iter_arcs(backend, params, flux, fwhm_px, origin_offset, stamp_size, psf_mod
 
     def arcs(idx, margin, render):
         magnification = render.sum(axis=(1, 2))
-        # The PSF in float32: the stamps are float32 (SPEC 4), and a float32 FFT's
-        # rounding, ~1e-7 of a stamp's peak, is below theirs; it halves the PSF's time
-        # (bench, one thread: 563 -> 587-594 stamps/s). Sums stay float64.
-        conv = backend.convolve_crop(render.astype(xp.float32), fwhm_px[idx], s, margin,
-                                     psf_model, moffat_beta)
-        conv *= xp.asarray(flux[idx])[:, :, None, None]
-        return idx, conv.astype(xp.float32), magnification, conv.sum(axis=(2, 3))
+        images, total = backend.psf_arcs(render, fwhm_px[idx], flux[idx], s, margin,
+                                         psf_model, moffat_beta)
+        return idx, images, magnification, total
 
-    if not backend.overlap_psf:
-        for chunk in renders():
-            yield arcs(*chunk)
-        return
-    # On the CPU the render is parallel (Numba threads) but the PSF and the array passes
-    # after it are mostly serial numpy/scipy, which release the GIL: a worker thread runs
-    # them on chunk k while chunk k + 1 renders, filling the cores the serial part left idle.
-    with ThreadPoolExecutor(1) as pool:
-        pending = None
-        for chunk in renders():
-            done, pending = pending, pool.submit(arcs, *chunk)
-            if done is not None:
-                yield done.result()
-        if pending is not None:
-            yield pending.result()
+    for chunk in renders():
+        yield arcs(*chunk)
 
 
 def inject_batch(backend, cols, psf_fwhm_arcsec, cutout, invvar, maskbits, *, pixscale, bands,

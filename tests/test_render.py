@@ -127,10 +127,10 @@ def test_bit_identical_across_batch_sizes_and_threads():
     np.testing.assert_array_equal(one.images, full.images)
 
 
-def test_psf_overlapped_with_the_next_render_gives_the_same_chunks_in_order(monkeypatch):
-    """engine.iter_arcs on the CPU convolves chunk k in a worker thread while chunk k + 1
-    renders: the chunks come out in order, with the same bits as one after the other, and
-    cover every row once (chunks of 5 over 12 rows with two render sizes)."""
+def test_chunks_cover_every_row_once_with_the_same_bits_as_one_chunk(monkeypatch):
+    """engine.iter_arcs cuts the rows into chunks of at most backend.chunk rows of one
+    render size: chunks of 5 over 12 rows with two render sizes cover every row once, and
+    each row gets the same bits as when its whole render size is one chunk."""
     from gpu_inject import engine
     from gpu_inject import tasks as T
 
@@ -142,19 +142,21 @@ def test_psf_overlapped_with_the_next_render_gives_the_same_chunks_in_order(monk
     fwhm[::3] *= 2.0                                     # a second render size
     off = np.random.default_rng(2).uniform(-0.5, 0.5, (12, 2))
     be = engine.get_backend("cpu")
-    monkeypatch.setattr(be, "chunk", 5)
 
-    def run():
-        return list(engine.iter_arcs(be, params, flux, fwhm, off, 32, "gaussian", 3.5))
+    def run(chunk):
+        monkeypatch.setattr(be, "chunk", chunk)
+        out = list(engine.iter_arcs(be, params, flux, fwhm, off, 32, "gaussian", 3.5))
+        rows = np.concatenate([c[0] for c in out])
+        order = np.argsort(rows)
+        return [len(c[0]) for c in out], rows[order], [np.concatenate(f)[order]
+                                                        for f in zip(*out)][1:]
 
-    overlapped = run()
-    monkeypatch.setattr(be, "overlap_psf", False)
-    serial = run()
-    assert len(overlapped) == len(serial) >= 4
-    assert sorted(np.concatenate([c[0] for c in overlapped]).tolist()) == list(range(12))
-    for a, b in zip(overlapped, serial):
-        for x, y in zip(a, b):
-            np.testing.assert_array_equal(x, y)
+    n_small, rows_small, small = run(5)
+    n_big, rows_big, big = run(128)
+    assert max(n_small) <= 5 and len(n_small) > len(n_big) >= 2
+    assert rows_small.tolist() == rows_big.tolist() == list(range(12))
+    for a, b in zip(small, big):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_lens_offset_moves_the_image_with_the_lens():

@@ -188,6 +188,28 @@ def _fft(xp):
             lambda a, n: xp.fft.irfft(a, n=n, axis=2))
 
 
+def crop_radii(shape, fwhm_px, stamp_size, margin):
+    """(fwhm float64 [n, B], PSF radii [n, B]) for convolving renders of ``shape`` [n, L, L]
+    and cropping their S x S stamp at ``margin``; ValueError if the PSF would wrap around.
+
+    The FFT product is a circular convolution on the L x L torus. An output pixel in the
+    crop, at index y in [m, m+S), sums render[y - dy] for |dy| <= radius, i.e. indices in
+    [m - radius, m + S - 1 + radius], which lie inside [0, L) when radius <= m and
+    radius <= L - S - m: then no term wraps around, and the cropped circular convolution
+    equals the linear one. Wrapped terms land only in the margin, which is cropped away."""
+    n, L, L2 = shape
+    S, m = int(stamp_size), int(margin)
+    if L2 != L or m < 0 or m + S > L:
+        raise ValueError(f"render {tuple(shape)} cannot hold a {S}-pixel stamp at margin {m}")
+    fwhm = numpy.asarray(_to_host(fwhm_px), dtype=numpy.float64)
+    if fwhm.ndim != 2 or fwhm.shape[0] != n:
+        raise ValueError(f"fwhm_px must be [n={n}, nbands], got {fwhm.shape}")
+    radius = psf_radius(fwhm)
+    if numpy.any(radius > min(m, L - S - m)):
+        raise ValueError(f"PSF radius {int(radius.max())} exceeds the margin {m} (render {L})")
+    return fwhm, radius
+
+
 def convolve_crop(render, fwhm_px, stamp_size, margin, model="gaussian", beta=3.5, xp=numpy):
     """Convolve each pre-PSF render with each band's PSF and crop the stamp (SPEC 2).
 
@@ -196,22 +218,9 @@ def convolve_crop(render, fwhm_px, stamp_size, margin, model="gaussian", beta=3.
     pixels, 0 = no convolution (output is the exact crop). Returns float64 [n, B, S, S],
     the linear convolution cropped.
     """
-    n, L, L2 = render.shape
+    n, L, _ = render.shape
     S, m = int(stamp_size), int(margin)
-    if L2 != L or m < 0 or m + S > L:
-        raise ValueError(f"render {render.shape} cannot hold a {S}-pixel stamp at margin {m}")
-    fwhm = numpy.asarray(_to_host(fwhm_px), dtype=numpy.float64)
-    if fwhm.ndim != 2 or fwhm.shape[0] != n:
-        raise ValueError(f"fwhm_px must be [n={n}, nbands], got {fwhm.shape}")
-    # The FFT product is a circular convolution on the L x L torus. An output pixel in the
-    # crop, at index y in [m, m+S), sums render[y - dy] for |dy| <= radius, i.e. indices in
-    # [m - radius, m + S - 1 + radius], which lie inside [0, L) when radius <= m and
-    # radius <= L - S - m: then no term wraps around, and the cropped circular convolution
-    # equals the linear one. Wrapped terms land only in the margin, which is cropped away.
-    radius = psf_radius(fwhm)
-    if numpy.any(radius > min(m, L - S - m)):
-        raise ValueError(f"PSF radius {int(radius.max())} exceeds the margin {m} (render {L})")
-
+    fwhm, radius = crop_radii(render.shape, fwhm_px, S, m)
     nb = fwhm.shape[1]
     out = xp.empty((n, nb, S, S), dtype=xp.float64)
     crop = render[:, m:m + S, m:m + S]
