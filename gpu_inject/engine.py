@@ -392,7 +392,7 @@ def inject_batch(backend, cols, psf_fwhm_arcsec, cutout, invvar, maskbits, *, pi
     inj = np.flatnonzero(cols["lens_model"] != "CONTROL")
     cutout = backend.to_device(cutout)
     invvar = backend.to_device(invvar)
-    image = cutout.copy()
+    image = cutout.astype(xp.float32, order="C")   # CONTROL rows: the cutout itself
     mag = xp.full(n, np.nan)
     total = xp.full((n, nb), np.nan)
     arc_snr = xp.full(n, np.nan)
@@ -409,9 +409,7 @@ def inject_batch(backend, cols, psf_fwhm_arcsec, cutout, invvar, maskbits, *, pi
             at = xp.asarray(inj[c])
             mag[at] = chunk_mag
             total[at] = chunk_total
-            image[at] = red.inject(cutout[at], arcs)
-            arc_snr[at] = red.arc_snr(arcs[:, r], invvar[at, r])
-            arc_snr_opt[at] = red.arc_snr_opt(arcs, invvar[at])
+            red.inject_rows(cutout, invvar, arcs, at, r, image, arc_snr, arc_snr_opt)
     bad, wise = red.mask_fractions(backend.to_device(maskbits), invvar)
     out = {
         "image": image,

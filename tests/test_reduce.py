@@ -150,6 +150,31 @@ def test_inject_only_adds():
     assert np.array_equal(cutout, keep)       # the input is not modified
 
 
+def test_inject_rows_is_the_three_kernels_on_those_rows_bit_for_bit():
+    """The engine's fused pass: a chunk's arcs injected into (and measured on) rows of the
+    batch given in any order; the other rows untouched."""
+    rng = np.random.default_rng(9)
+    cutout = rng.normal(0, 0.01, (7, 3, 12, 12)).astype(np.float32)
+    invvar = rng.uniform(0, 2e4, (7, 3, 12, 12)).astype(np.float32)
+    invvar[2, 1, :3] = 0.0
+    arcs = rng.uniform(0, 0.05, (3, 3, 12, 12)).astype(np.float32)
+    rows = np.array([5, 2, 0])
+    image = cutout.copy()
+    snr = np.full(7, np.nan)
+    opt = np.full(7, np.nan)
+    reduce.inject_rows(cutout, invvar, arcs, rows, 1, image, snr, opt)
+    assert np.array_equal(image[rows], reduce.inject(cutout[rows], arcs))
+    assert np.array_equal(snr[rows], reduce.arc_snr(arcs[:, 1], invvar[rows, 1]))
+    assert np.array_equal(opt[rows], reduce.arc_snr_opt(arcs, invvar[rows]))
+    assert np.all(snr[rows] > 0)
+    rest = [1, 3, 4, 6]
+    assert np.array_equal(image[rest], cutout[rest]) and np.isnan(snr[rest]).all()
+    with pytest.raises(ValueError, match="shapes differ"):
+        reduce.inject_rows(cutout, invvar, arcs, rows[:2], 1, image, snr, opt)
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        reduce.inject_rows(cutout, invvar, arcs, rows, 1, image.astype(np.float64), snr, opt)
+
+
 def test_band_sums():
     rng = np.random.default_rng(4)
     arc = rng.uniform(0, 1, (3, 3, 20, 20)).astype(np.float32)

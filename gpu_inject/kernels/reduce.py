@@ -69,6 +69,30 @@ def _inject(cutout, arc, out):
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
+def _inject_rows(cutout, invvar, arcs, rows, r, image, snr_out, opt_out):
+    """_inject, _arc_snr (band r) and _arc_snr_opt in one pass over each stamp, for the
+    chunk's arcs [m, B, P] into rows ``rows`` of the batch's [N, B, P] arrays: the same
+    terms summed in the same order, so the same bits."""
+    nb = arcs.shape[1]
+    for k in numba.prange(arcs.shape[0]):
+        row = rows[k]
+        flux = 0.0
+        var = 0.0
+        opt = 0.0
+        for b in range(nb):
+            for p in range(arcs.shape[2]):
+                image[row, b, p] = np.float32(cutout[row, b, p]) + np.float32(arcs[k, b, p])
+                a = np.float64(arcs[k, b, p])
+                w = np.float64(invvar[row, b, p])
+                opt += opt_term(a, w)
+                if b == r:
+                    flux += snr_flux(a, w)
+                    var += snr_var(a, w)
+        snr_out[row] = snr(flux, var)
+        opt_out[row] = np.sqrt(opt)
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
 def _row_sums(a, out):
     for k in numba.prange(a.shape[0]):
         s = 0.0
@@ -134,6 +158,25 @@ def inject(cutout, arc):
     out = np.empty((n, _npix(cutout.shape[1:])), dtype=np.float32)
     _inject(_flat(cutout, n), _flat(arc, n), out)
     return out.reshape(cutout.shape)
+
+
+def inject_rows(cutout, invvar, arcs, rows, r, image, snr_out, opt_out):
+    """A chunk's arcs [m, B, S, S] into rows ``rows`` [m] of a batch, in place: ``image[rows]
+    = inject(cutout[rows], arcs)``, ``snr_out[rows] = arc_snr(arcs[:, r], invvar[rows, r])``,
+    ``opt_out[rows] = arc_snr_opt(arcs, invvar[rows])``, bit for bit, in one pass and
+    without copying the rows out. cutout, invvar, image: [N, B, S, S] (image C-contiguous
+    float32); snr_out, opt_out float64 [N]."""
+    n, m = cutout.shape[0], arcs.shape[0]
+    if (invvar.shape != cutout.shape or image.shape != cutout.shape
+            or arcs.shape[1:] != cutout.shape[1:] or len(rows) != m):
+        raise ValueError(f"shapes differ: cutout {cutout.shape}, invvar {invvar.shape}, "
+                         f"image {image.shape}, arcs {arcs.shape}, rows {len(rows)}")
+    if not image.flags.c_contiguous or image.dtype != np.float32:
+        raise ValueError("image must be C-contiguous float32 (written in place)")
+    shape = (cutout.shape[1], _npix(cutout.shape[2:]))
+    _inject_rows(_flat(cutout, n).reshape(n, *shape), _flat(invvar, n).reshape(n, *shape),
+                 _flat(arcs, m).reshape(m, *shape), np.asarray(rows, dtype=np.int64), int(r),
+                 image.reshape(n, *shape), snr_out, opt_out)
 
 
 def band_sums(arc):

@@ -153,3 +153,12 @@ def inject(cutout, arc):
         raise ValueError(f"shapes differ: cutout {cutout.shape}, arc {arc.shape}")
     xp = _xp(cutout)
     return cutout.astype(xp.float32, copy=False) + arc.astype(xp.float32, copy=False)
+
+
+def inject_rows(cutout, invvar, arcs, rows, r, image, snr_out, opt_out):
+    """A chunk's arcs into rows ``rows`` of a batch, in place (see ``reduce.inject_rows``):
+    the kernels above on the rows' copies."""
+    image[rows] = inject(cutout[rows], arcs)
+    snr_out[rows] = arc_snr(arcs[:, r], invvar[rows, r])
+    opt_out[rows] = arc_snr_opt(arcs, invvar[rows])
+
