@@ -114,8 +114,9 @@ class CpuBackend:
                                        beta=beta, xp=np)
 
     def psf_arcs(self, render, fwhm_px, flux, stamp_size, margin, model, beta):
-        """(images float32 [m, B, S, S], total float64 [m, B]): a chunk's renders through
-        each band's PSF, scaled by its flux (``psf_cpu``, one stamp per thread)."""
+        """(images float32 [m, B, S, S], magnification [m], total float64 [m, B]): a
+        chunk's renders through each band's PSF, scaled by its flux, and the renders' sums
+        (``psf_cpu``, one stamp per thread)."""
         return self._psf_cpu.convolve_scale(render, fwhm_px, flux, stamp_size, margin,
                                             model=model, beta=beta)
 
@@ -300,15 +301,16 @@ class GpuBackend:
         return out
 
     def psf_arcs(self, render, fwhm_px, flux, stamp_size, margin, model, beta):
-        """(images float32 [m, B, S, S], total float64 [m, B]) on the device: a chunk's
-        renders through each band's PSF (cuFFT), scaled by its flux."""
+        """(images float32 [m, B, S, S], magnification [m], total float64 [m, B]) on the
+        device: a chunk's renders through each band's PSF (cuFFT), scaled by its flux, and
+        the renders' sums."""
         xp = self.xp
         # The PSF in float32: the stamps are float32 (SPEC 4), and a float32 FFT's
         # rounding, ~1e-7 of a stamp's peak, is below theirs. Sums stay float64.
         conv = self.convolve_crop(render.astype(xp.float32), fwhm_px, stamp_size, margin,
                                   model, beta)
         conv *= xp.asarray(flux)[:, :, None, None]
-        return conv.astype(xp.float32), conv.sum(axis=(2, 3))
+        return conv.astype(xp.float32), render.sum(axis=(1, 2)), conv.sum(axis=(2, 3))
 
 
 def get_backend(name="auto"):
@@ -353,24 +355,15 @@ def iter_arcs(backend, params, flux, fwhm_px, origin_offset, stamp_size, psf_mod
     s = stamp_size
     sizes, margins = render_size(s, fwhm_px.max(axis=1, initial=0.0))
 
-    def renders():
-        for size in np.unique(sizes):
-            group = np.flatnonzero(sizes == size)
-            margin = int(margins[group[0]])
-            for start in range(0, group.size, backend.chunk):
-                idx = group[start:start + backend.chunk]
-                origin = origin_offset[idx] + (margin + s // 2)
-                yield idx, margin, backend.render(np.ascontiguousarray(params[idx]), origin,
-                                                  int(size), acc)
-
-    def arcs(idx, margin, render):
-        magnification = render.sum(axis=(1, 2))
-        images, total = backend.psf_arcs(render, fwhm_px[idx], flux[idx], s, margin,
+    for size in np.unique(sizes):
+        group = np.flatnonzero(sizes == size)
+        margin = int(margins[group[0]])
+        for start in range(0, group.size, backend.chunk):
+            idx = group[start:start + backend.chunk]
+            origin = origin_offset[idx] + (margin + s // 2)
+            render = backend.render(np.ascontiguousarray(params[idx]), origin, int(size), acc)
+            yield idx, *backend.psf_arcs(render, fwhm_px[idx], flux[idx], s, margin,
                                          psf_model, moffat_beta)
-        return idx, images, magnification, total
-
-    for chunk in renders():
-        yield arcs(*chunk)
 
 
 def inject_batch(backend, cols, psf_fwhm_arcsec, cutout, invvar, maskbits, *, pixscale, bands,

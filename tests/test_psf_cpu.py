@@ -24,9 +24,11 @@ def test_against_scipy_direct_convolution(model):
     fwhm = np.array([[2.2, 0.0, 6.5], [4.96, 3.1, 0.0]])
     flux = np.array([[1.5, 2.0, 0.25], [3.0, 0.5, 7.0]])
     render, m = renders(2, fwhm, 3)
-    images, total = psf_cpu.convolve_scale(render, fwhm, flux, S, m, model=model, beta=3.0)
+    images, mag, total = psf_cpu.convolve_scale(render, fwhm, flux, S, m, model=model,
+                                                 beta=3.0)
     assert images.shape == (2, 3, S, S) and images.dtype == np.float32
     assert total.shape == (2, 3) and total.dtype == np.float64
+    np.testing.assert_allclose(mag, render.sum(axis=(1, 2)), rtol=1e-13)
     for k in range(2):
         for b in range(3):
             if fwhm[k, b] == 0:
@@ -48,7 +50,7 @@ def test_agrees_with_the_array_code_the_gpu_runs(model):
     fwhm[1, 2] = 0.0
     flux = rng.uniform(0.5, 5.0, (6, 3))
     render, m = renders(6, fwhm, 6)
-    images, total = psf_cpu.convolve_scale(render, fwhm, flux, S, m, model=model)
+    images, _, total = psf_cpu.convolve_scale(render, fwhm, flux, S, m, model=model)
     conv = psf.convolve_crop(render.astype(np.float32), fwhm, S, m, model=model)
     conv *= flux[:, :, None, None]
     peak = np.abs(conv).max(axis=(2, 3), keepdims=True)
@@ -62,15 +64,14 @@ def test_a_stamp_gets_the_same_bits_in_any_batch_and_thread_count():
     fwhm[4] = 0.0
     flux = rng.uniform(0.5, 5.0, (9, 3))
     render, m = renders(9, fwhm, 8)
-    images, total = psf_cpu.convolve_scale(render, fwhm, flux, S, m)
+    whole = psf_cpu.convolve_scale(render, fwhm, flux, S, m)
     before = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
         for k in range(9):
-            one, one_total = psf_cpu.convolve_scale(render[k:k + 1], fwhm[k:k + 1],
-                                                    flux[k:k + 1], S, m)
-            np.testing.assert_array_equal(one[0], images[k])
-            np.testing.assert_array_equal(one_total[0], total[k])
+            one = psf_cpu.convolve_scale(render[k:k + 1], fwhm[k:k + 1], flux[k:k + 1], S, m)
+            for a, b in zip(one, whole):
+                np.testing.assert_array_equal(a[0], b[k])
     finally:
         numba.set_num_threads(before)
 

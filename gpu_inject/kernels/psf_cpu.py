@@ -32,17 +32,25 @@ def _scaled_crop(img, j0, i0, f, out):
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _convolve_scale(render, convolved, gy, gx, full, flux, m, out, total):
+def _convolve_scale(render, convolved, gy, gx, full, flux, m, out, magnification, total):
     """render float64 [n, L, L]; convolved bool [n, B] (False: the delta PSF, the crop
     itself); the transfer function of (k, b) is gy[k, b][:, None] * gx[k, b][None, :] when
     ``full`` is empty, else full[k, b] (float32 [n, B, L, L//2+1]); flux [n, B];
-    out float32 [n, B, S, S]; total float64 [n, B]."""
+    out float32 [n, B, S, S]; magnification float64 [n], the render's sum; total float64
+    [n, B]."""
     n, L = render.shape[0], render.shape[1]
     nb = flux.shape[1]
     S = out.shape[2]
     separable = full.shape[0] == 0
     for k in numba.prange(n):
-        r32 = render[k].astype(np.float32)   # the FFTs in float32, as on the GPU (engine.py)
+        # the FFTs in float32, as on the GPU (engine.py); the sum in float64
+        r32 = np.empty((L, L), dtype=np.float32)
+        mag = 0.0
+        for j in range(L):
+            for i in range(L):
+                mag += render[k, j, i]
+                r32[j, i] = render[k, j, i]
+        magnification[k] = mag
         spec = np.fft.rfft2(r32)              # once per stamp, shared by every band
         h = spec.shape[1]
         product = np.empty_like(spec)
@@ -73,8 +81,9 @@ def _convolve_scale(render, convolved, gy, gx, full, flux, m, out, total):
 
 def convolve_scale(render, fwhm_px, flux, stamp_size, margin, model="gaussian", beta=3.5):
     """Each stamp's arcs: its pre-PSF render convolved with each band's PSF, cropped and
-    scaled by the band's flux (SPEC 2). Returns (images float32 [n, B, S, S], total float64
-    [n, B], each band's sum of the scaled values before their cast to float32).
+    scaled by the band's flux (SPEC 2). Returns (images float32 [n, B, S, S], magnification
+    float64 [n], each render's sum, and total float64 [n, B], each band's sum of the scaled
+    values before their cast to float32).
 
     render: float64 [n, L, L], unit flux, stamp at ``[m:m+S, m:m+S]``; fwhm_px [n, B]
     pixels (0: no convolution, the exact crop); flux [n, B]. The FFTs run in float32, as in
@@ -94,7 +103,8 @@ def convolve_scale(render, fwhm_px, flux, stamp_size, margin, model="gaussian", 
         full = np.stack([psf.transfer_functions(fwhm[:, b], L, model, beta)
                          for b in range(nb)], axis=1).astype(np.float32)
     out = np.empty((n, nb, S, S), dtype=np.float32)
+    magnification = np.empty(n, dtype=np.float64)
     total = np.empty((n, nb), dtype=np.float64)
     _convolve_scale(np.ascontiguousarray(render, dtype=np.float64), fwhm > 0, gy, gx, full,
-                    np.ascontiguousarray(flux, dtype=np.float64), m, out, total)
-    return out, total
+                    np.ascontiguousarray(flux, dtype=np.float64), m, out, magnification, total)
+    return out, magnification, total
