@@ -43,8 +43,8 @@ def test_against_scipy_direct_convolution(model):
 @pytest.mark.parametrize("model", ["gaussian", "moffat"])
 def test_agrees_with_the_array_code_the_gpu_runs(model):
     """psf.convolve_crop on float32 renders, scaled as GpuBackend.psf_arcs does, gives the
-    same images (both are pocketfft in float32 here: 1e-6 of the peak allows for another
-    pocketfft build's order of operations)."""
+    same images (both float32 FFTs, pocketfft and its successor ducc0: 1e-6 of the peak
+    allows for another build's order of operations)."""
     rng = np.random.default_rng(5)
     fwhm = rng.uniform(2.0, 6.0, (6, 3))
     fwhm[1, 2] = 0.0
