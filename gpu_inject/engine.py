@@ -77,17 +77,18 @@ def _keep_freed_heap():
 
 
 class CpuBackend:
-    """Numba-compiled loops on this machine's cores; numpy/scipy FFT for the PSF."""
+    """Numba-compiled loops on this machine's cores, the PSF's FFTs included (psf_cpu)."""
     name = "cpu"
     xp = np
-    # Stamps rendered and convolved together: bounds the float64 temporaries (render grid,
-    # FFT spectra: ~1 MB per stamp) whatever the batch size, and keeps them near the caches.
+    # Stamps rendered and convolved together: bounds the chunk's arrays (float64 render
+    # grids and float32 arcs, ~0.1 MB per stamp) whatever the batch size; the FFTs' own
+    # temporaries are one stamp's per thread (psf_cpu). 128 to 1,024 timed the same.
     chunk = 128
 
     def __init__(self):
-        from .kernels import cpu, psf, psf_cpu, reduce, vecmath
+        from .kernels import cpu, psf_cpu, reduce, vecmath
 
-        self._cpu, self._psf, self._psf_cpu, self.reduce = cpu, psf, psf_cpu, reduce
+        self._cpu, self._psf_cpu, self.reduce = cpu, psf_cpu, reduce
         _keep_freed_heap()
         self.device = f"CPU, {numba.get_num_threads()} Numba threads, {vecmath.MODE}"
         self.why = "asked for"
@@ -108,10 +109,6 @@ class CpuBackend:
             self._cpu.render_batch(params, origin, size, acc.eps_gate, acc.eps_abs,
                                    acc.eps_rel, acc.eps_cusp, acc.max_level, out)
         return out
-
-    def convolve_crop(self, render, fwhm_px, stamp_size, margin, model, beta):
-        return self._psf.convolve_crop(render, fwhm_px, stamp_size, margin, model=model,
-                                       beta=beta, xp=np)
 
     def psf_arcs(self, render, fwhm_px, flux, stamp_size, margin, model, beta):
         """(images float32 [m, B, S, S], magnification [m], total float64 [m, B]): a
