@@ -17,7 +17,6 @@ from gpu_inject import engine
 from gpu_inject import tasks as T
 from gpu_inject.bench import synthetic_inputs
 from gpu_inject.draws import random_tasks
-from gpu_inject.kernels.psf import render_size
 
 S = 64
 
@@ -37,12 +36,7 @@ def main(argv=None):
     params, flux_r = T.pack_params(cols, np.full(n, 0.262))
     flux = T.band_fluxes(cols, flux_r, "grz")
     fwhm_px = fwhm / 0.262
-    sizes, margins = render_size(S, fwhm_px.max(axis=1))
-    chunks = []   # (rows, margin, size) as iter_arcs makes them
-    for size in np.unique(sizes):
-        group = np.flatnonzero(sizes == size)
-        for start in range(0, group.size, be.chunk):
-            chunks.append((group[start:start + be.chunk], int(margins[group[0]]), int(size)))
+    chunks = list(engine.render_chunks(fwhm_px, S, be.chunk))
 
     def render():
         return [be.render(np.ascontiguousarray(params[idx]), offset[idx] + m + S // 2, size,

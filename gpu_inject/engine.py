@@ -59,9 +59,10 @@ class BackendUnavailable(RuntimeError):
 
 def _keep_freed_heap():
     """glibc only: serve arrays up to 64 MB from the heap and keep up to 512 MB of it when
-    freed. A chunk's FFT temporaries (~8 MB each) are otherwise given back to the kernel
-    and faulted in again at every chunk: 12 % of the engine's time on a 2-core VM (bench,
-    one thread, 490-505 -> 563-566 stamps/s), for about 100 MB more resident memory."""
+    freed. A chunk's arrays (render grids, arcs: 6-8 MB each) are otherwise given back to
+    the kernel and faulted in again at every chunk. Measured when the PSF still ran as numpy
+    passes over whole chunks: 12 % of the engine's time on a 2-core VM (bench, one thread,
+    490-505 -> 563-566 stamps/s), for about 100 MB more resident memory."""
     import ctypes
     import ctypes.util
 
@@ -82,7 +83,7 @@ class CpuBackend:
     xp = np
     # Stamps rendered and convolved together: bounds the chunk's arrays (float64 render
     # grids and float32 arcs, ~0.1 MB per stamp) whatever the batch size; the FFTs' own
-    # temporaries are one stamp's per thread (psf_cpu). 128 to 1,024 timed the same.
+    # temporaries are one stamp's per thread (psf_cpu).
     chunk = 128
 
     def __init__(self):
@@ -350,17 +351,21 @@ def iter_arcs(backend, params, flux, fwhm_px, origin_offset, stamp_size, psf_mod
     depends only on each stamp's own PSF, and every stamp is computed from its own inputs
     only: results do not depend on what else is in the batch."""
     s = stamp_size
-    sizes, margins = render_size(s, fwhm_px.max(axis=1, initial=0.0))
+    for idx, margin, size in render_chunks(fwhm_px, s, backend.chunk):
+        origin = origin_offset[idx] + (margin + s // 2)
+        render = backend.render(np.ascontiguousarray(params[idx]), origin, size, acc)
+        yield idx, *backend.psf_arcs(render, fwhm_px[idx], flux[idx], s, margin, psf_model,
+                                     moffat_beta)
 
+
+def render_chunks(fwhm_px, stamp_size, chunk):
+    """The chunks iter_arcs renders: (rows int64 [<= chunk], margin, render size L), the rows
+    of one render size (set by each row's widest PSF, fwhm_px [n, B] pixels) together."""
+    sizes, margins = render_size(stamp_size, fwhm_px.max(axis=1, initial=0.0))
     for size in np.unique(sizes):
         group = np.flatnonzero(sizes == size)
-        margin = int(margins[group[0]])
-        for start in range(0, group.size, backend.chunk):
-            idx = group[start:start + backend.chunk]
-            origin = origin_offset[idx] + (margin + s // 2)
-            render = backend.render(np.ascontiguousarray(params[idx]), origin, int(size), acc)
-            yield idx, *backend.psf_arcs(render, fwhm_px[idx], flux[idx], s, margin,
-                                         psf_model, moffat_beta)
+        for start in range(0, group.size, chunk):
+            yield group[start:start + chunk], int(margins[group[0]]), int(size)
 
 
 def inject_batch(backend, cols, psf_fwhm_arcsec, cutout, invvar, maskbits, *, pixscale, bands,
