@@ -88,8 +88,8 @@ def convolve_scale(render, fwhm_px, flux, stamp_size, margin, model="gaussian", 
 
     render: float64 [n, L, L], unit flux, stamp at ``[m:m+S, m:m+S]``; fwhm_px [n, B]
     pixels (0: no convolution, the exact crop); flux [n, B]. The FFTs run in float32, as in
-    ``psf.convolve_crop`` on float32 renders (with scipy 1.17 and rocket-fft 0.4.1 the
-    images came out bit for bit the same)."""
+    ``psf.convolve_crop`` on float32 renders (tests/test_psf_cpu.py holds the two to 1e-6
+    of the peak)."""
     n, L, _ = render.shape
     S, m = int(stamp_size), int(margin)
     fwhm, radius = psf.crop_radii(render.shape, fwhm_px, S, m)
